@@ -1,0 +1,29 @@
+"""Promises the repository makes about itself: the README's commands are the ones CI runs."""
+
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _readme_commands():
+    text = (ROOT / "README.md").read_text()
+    setup = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    return [line.strip() for line in setup.splitlines() if line.startswith("    ") and line.strip()]
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    commands = _readme_commands()
+    assert len(commands) == 2, commands
+    install_and_run, install_and_test = commands
+    assert "pytest" in install_and_test and "pytest" not in install_and_run
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert install_and_test in ci.splitlines()
+
+
+def test_requirements_are_pinned():
+    for name in ["requirements.txt", "requirements-gpu.txt", "requirements-test.txt"]:
+        for line in (ROOT / name).read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][\w.]*", line), f"{name}: {line!r} is not pinned"
