@@ -167,7 +167,8 @@ def train_dataset(info: DatasetInfo, cfg: DataConfig, aug: AugmentConfig, *, bat
                                       aug.raug_num_layers, aug.raug_magnitude)
         return img, tf.one_hot(lab, num_classes, dtype=tf.float32)
 
-    buffer = int(min(4096, max(64, _SHUFFLE_BYTES // (image_size * image_size * 3 * 4))))
+    # Shuffle memory is bounded in bytes; a buffer above one epoch only makes a tiny set read ahead for epochs.
+    buffer = int(min(4096, info.num_train_examples, max(64, _SHUFFLE_BYTES // (image_size * image_size * 3 * 4))))
     ds = records.shuffle(buffer, seed=seed)
     ds = ds.map(finish, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
     ds = ds.batch(batch_size, drop_remainder=True)
