@@ -1,0 +1,1 @@
+"""absl flag definitions of the entry points, and their translation into config objects."""

@@ -1,0 +1,104 @@
+"""What a model directory holds: run_spec.json (how to rebuild the model) and tf.train checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+import efficientnet
+
+RUN_SPEC = "run_spec.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """Everything evaluate.py, predict.py and export need to rebuild the trained network."""
+
+    variant: str
+    num_classes: int
+    model_overrides: dict
+    class_names: tuple[str, ...]
+    eval_img_size: int
+    resize_method: str = "bilinear"
+
+    def build_model(self) -> keras.Model:
+        return efficientnet.build_model(self.variant, self.num_classes, **self.model_overrides)
+
+    def save(self, model_dir: str):
+        tf.io.gfile.makedirs(model_dir)
+        path = os.path.join(model_dir, RUN_SPEC)
+        tmp = path + ".tmp"
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            json.dump(dataclasses.asdict(self), f, indent=1)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+
+    @classmethod
+    def load(cls, model_dir: str) -> RunSpec | None:
+        path = os.path.join(model_dir, RUN_SPEC)
+        if not tf.io.gfile.exists(path):
+            return None
+        with tf.io.gfile.GFile(path) as f:
+            raw = json.load(f)
+        raw["class_names"] = tuple(raw["class_names"])
+        return cls(**raw)
+
+    def check_compatible(self, other: RunSpec, model_dir: str):
+        """Refuse to resume a model directory trained with another network."""
+        for field in ("variant", "num_classes", "model_overrides"):
+            mine, theirs = getattr(self, field), getattr(other, field)
+            if mine != theirs:
+                raise ValueError(
+                    f"--model_dir {model_dir} holds a run with {field}={theirs!r}, but this run has "
+                    f"{field}={mine!r}; its checkpoints cannot be loaded into this model. Use another "
+                    "--model_dir, or the same model settings to resume.")
+
+
+def make_checkpoint(model, optimizer=None, ema=None, epoch=None) -> tf.train.Checkpoint:
+    parts = {"model": model}
+    if optimizer is not None:
+        parts["optimizer"] = optimizer
+    if ema is not None:
+        parts["ema"] = ema
+    if epoch is not None:
+        parts["epoch"] = epoch
+    return tf.train.Checkpoint(**parts)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint prefix, or a directory whose latest checkpoint is meant."""
+    if tf.io.gfile.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise FileNotFoundError(f"no checkpoint in {path} (expected a 'checkpoint' index file and ckpt-N files)")
+        return latest
+    if not tf.io.gfile.exists(path + ".index"):
+        raise FileNotFoundError(f"checkpoint {path} not found (no {path}.index)")
+    return path
+
+
+class Saver:
+    """CheckpointManager that lets only the chief write; other workers save into a throwaway directory
+    because MultiWorkerMirroredStrategy's save is collective and must run everywhere."""
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, model_dir: str, is_chief: bool, keep: int):
+        self._tmp = None if is_chief else tempfile.mkdtemp(prefix="ckpt-worker-")
+        self.manager = tf.train.CheckpointManager(checkpoint, self._tmp or model_dir, max_to_keep=keep)
+        self.checkpoint = checkpoint
+
+    @property
+    def latest(self) -> str | None:
+        return self.manager.latest_checkpoint
+
+    def save(self, step: int) -> str:
+        path = self.manager.save(checkpoint_number=step)
+        return path
+
+    def close(self):
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)

@@ -1,0 +1,46 @@
+"""Exponential moving average of every model weight, BatchNorm statistics included.
+
+Keras's optimizer-side EMA averages trainable variables only and has a fixed decay; the reference averages
+BN moving statistics too, with the warm-up decay min(d, (1 + t) / (10 + t)), so the shadows live here.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+class ExponentialMovingAverage(tf.Module):
+    def __init__(self, model, decay: float, strategy: tf.distribute.Strategy):
+        super().__init__(name="ema")
+        self.decay = decay
+        self._strategy = strategy
+        self._weights = [w.value for w in model.weights]
+        with strategy.scope():
+            # Created under the strategy so each replica keeps its own copy next to the weight it follows.
+            self.shadows = [tf.Variable(w, trainable=False, name=f"ema/{w.name.split(':')[0]}")
+                            for w in self._weights]
+
+    def decay_at(self, step) -> tf.Tensor:
+        t = tf.cast(step, tf.float32)
+        return tf.minimum(self.decay, (1.0 + t) / (10.0 + t))
+
+    def update(self, step):
+        """Called in cross-replica context after update number `step` (1 after the first update)."""
+        decay = self.decay_at(step)
+
+        def average(shadow, weight):
+            return shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(weight, shadow.dtype))
+
+        for shadow, weight in zip(self.shadows, self._weights):
+            self._strategy.extended.update(shadow, average, args=(weight,), group=False)
+
+    def swap(self):
+        """Exchange model weights and shadows; calling it twice restores both."""
+
+        def exchange(shadow, weight):
+            old = tf.identity(shadow)
+            shadow.assign(weight)
+            weight.assign(old)
+
+        for shadow, weight in zip(self.shadows, self._weights):
+            self._strategy.extended.update(shadow, exchange, args=(weight,), group=False)

@@ -1,0 +1,225 @@
+"""The training run: stages, epochs, steps, checkpoints and evaluation, in that order of nesting."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+import input as data
+from input.config import AugmentConfig
+from loops import checkpoints, stages as staging
+from loops.config import TrainConfig
+from loops.distribution import Engine
+from loops.ema import ExponentialMovingAverage
+from loops.evaluation import evaluate
+from loops.optimization import create_optimizer, global_batch_size, learning_rate_schedule
+from loops.reporting import Reporter, table
+from loops.steps import TrainState, make_eval_step, make_train_step
+
+POLICIES = {"fp32": "float32", "tf32": "float32", "amp_fp16": "mixed_float16", "amp_bf16": "mixed_bfloat16"}
+
+
+def set_precision(precision: str):
+    keras.mixed_precision.set_global_policy(POLICIES[precision])
+    tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a run builds once, before its first step."""
+
+    cfg: TrainConfig
+    engine: Engine
+    info: data.DatasetInfo
+    spec: checkpoints.RunSpec
+    state: TrainState
+    epoch: tf.Variable
+    saver: checkpoints.Saver
+    steps_per_epoch: int
+    reporter: Reporter
+
+
+def build_run(cfg: TrainConfig, engine: Engine) -> Run:
+    set_precision(cfg.precision)
+    keras.utils.set_random_seed(cfg.seed)
+    reporter = Reporter(cfg.model_dir, enabled=engine.is_chief)
+    info = data.open_dataset(cfg.data)
+    num_classes = cfg.num_classes or info.num_classes
+    if num_classes < info.num_classes:
+        raise ValueError(f"--num_classes={num_classes} is smaller than the {info.num_classes} classes of "
+                         f"{info.description}")
+    spec = checkpoints.RunSpec(variant=cfg.variant, num_classes=num_classes,
+                               model_overrides=dict(cfg.model_overrides), class_names=tuple(info.class_names),
+                               eval_img_size=cfg.eval_img_size, resize_method=cfg.data.resize_method)
+    previous = checkpoints.RunSpec.load(cfg.model_dir)
+    if previous is not None:
+        spec.check_compatible(previous, cfg.model_dir)
+    global_batch = global_batch_size(cfg, engine.num_replicas)
+    steps_per_epoch = cfg.steps_per_epoch or info.num_train_examples // global_batch
+    if steps_per_epoch < 1:
+        raise ValueError(f"the global batch of {global_batch} (--train_batch_size={cfg.train_batch_size} x "
+                         f"{engine.num_replicas} replicas x --grad_accum_steps={cfg.grad_accum_steps}) is larger "
+                         f"than the {info.num_train_examples} training examples of {info.description}")
+    with engine.strategy.scope():
+        model = spec.build_model()
+        optimizer = create_optimizer(cfg, learning_rate_schedule(cfg, engine.num_replicas, steps_per_epoch))
+        optimizer.build(model.trainable_variables)
+        ema = ExponentialMovingAverage(model, cfg.moving_average_decay, engine.strategy) if cfg.use_ema else None
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    checkpoint = checkpoints.make_checkpoint(model, optimizer, ema, epoch)
+    saver = checkpoints.Saver(checkpoint, cfg.model_dir, engine.is_chief, cfg.keep_checkpoints)
+    latest = tf.train.latest_checkpoint(cfg.model_dir)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        reporter.say(f"Resuming from {latest}: epoch {int(epoch.numpy())}, "
+                     f"step {int(optimizer.iterations.numpy())}")
+    if engine.is_chief:
+        spec.save(cfg.model_dir)
+    state = TrainState(model=model, optimizer=optimizer, ema=ema, engine=engine)
+    return Run(cfg, engine, info, spec, state, epoch, saver, steps_per_epoch, reporter)
+
+
+def _train_dataset(run: Run, stage: staging.Stage, epoch: int):
+    cfg = run.cfg
+    aug = dataclasses.replace(cfg.augment, raug_magnitude=stage.raug_magnitude, mixup_alpha=stage.mixup_alpha,
+                              cutmix_alpha=stage.cutmix_alpha)
+    global_batch = cfg.train_batch_size * run.engine.num_replicas
+
+    def dataset_fn(ctx: tf.distribute.InputContext):
+        # One pipeline per epoch, seeded by the epoch: a resumed run replays exactly the same batches.
+        ds = data.train_dataset(run.info, cfg.data, aug,
+                                batch_size=ctx.get_per_replica_batch_size(global_batch) * cfg.grad_accum_steps,
+                                image_size=stage.image_size, input_context=ctx,
+                                seed=cfg.seed * 1_000_003 + epoch)
+        return ds.take(run.steps_per_epoch)
+
+    return run.engine.strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def evaluate_weights(run: Run, eval_step, which: str) -> dict:
+    cfg, engine = run.cfg, run.engine
+    global_batch = cfg.eval_batch_size * engine.num_replicas
+
+    def dataset_fn(ctx):
+        return data.eval_dataset(run.info, cfg.data, batch_size=ctx.get_per_replica_batch_size(global_batch),
+                                 image_size=cfg.eval_img_size, input_context=ctx)
+
+    dataset = engine.strategy.distribute_datasets_from_function(dataset_fn)
+    swap = which == "ema"
+    if swap:
+        run.state.ema.swap()
+    try:
+        result = evaluate(eval_step, dataset, global_batch=global_batch)
+    finally:
+        if swap:
+            run.state.ema.swap()
+    return result.metrics(engine.num_replicas, suffix="" if which == "raw" else "_ema")
+
+
+def evaluate_all(run: Run, eval_step) -> dict:
+    metrics = {}
+    for which in run.cfg.weights_to_evaluate:
+        metrics.update(evaluate_weights(run, eval_step, which))
+    if len(run.cfg.weights_to_evaluate) == 2:
+        best = "_ema" if metrics["eval_accuracy_top_1_ema"] > metrics["eval_accuracy_top_1"] else ""
+        metrics["best_weights"] = "ema" if best else "raw"
+        metrics["best_eval_accuracy_top_1"] = metrics[f"eval_accuracy_top_1{best}"]
+    return metrics
+
+
+def train(cfg: TrainConfig, engine: Engine) -> dict:
+    """Runs cfg.mode; returns the final summary (also written to model_dir/summary.json)."""
+    run = build_run(cfg, engine)
+    reporter, optimizer = run.reporter, run.state.optimizer
+    eval_step = make_eval_step(run.state.model, engine)
+    reporter.say(table({"model": f"efficientnet-{cfg.variant}", "data": run.info.description,
+                        "replicas": engine.num_replicas, "engine": engine.name,
+                        "global batch": global_batch_size(cfg, engine.num_replicas),
+                        "steps per epoch": run.steps_per_epoch, "precision": cfg.precision,
+                        "xla": cfg.use_xla}, "Run"))
+    summary: dict = {}
+    if cfg.mode == "eval":
+        summary.update(evaluate_all(run, eval_step))
+        return _finish(run, summary)
+
+    plan = staging.plan_stages(cfg)
+    start_epoch = int(run.epoch.numpy())
+    images_seen, train_seconds = 0, 0.0
+    wall_start = time.time()
+    for stage in plan:
+        if stage.end_epoch <= start_epoch:
+            continue
+        train_step = make_train_step(run.state, cfg, mixup_alpha=stage.mixup_alpha,
+                                     cutmix_alpha=stage.cutmix_alpha)
+        for epoch in range(max(stage.first_epoch, start_epoch), stage.end_epoch):
+            seen, seconds, last = _train_epoch(run, train_step, stage, epoch)
+            images_seen += seen
+            train_seconds += seconds
+            run.epoch.assign(epoch + 1)
+            done = epoch + 1 == cfg.max_epochs
+            if (epoch + 1) % cfg.save_checkpoint_freq == 0 or done:
+                path = run.saver.save(int(optimizer.iterations.numpy()))
+                reporter.say(f"Saved {path}")
+            if cfg.mode == "train_and_eval" and ((epoch + 1) % cfg.epochs_between_evals == 0 or done):
+                metrics = evaluate_all(run, eval_step)
+                reporter.record("eval", int(optimizer.iterations.numpy()), {"epoch": epoch + 1, **metrics})
+                reporter.say(table({k: v for k, v in metrics.items() if "latency" not in k},
+                                   f"Evaluation after epoch {epoch + 1}"))
+                summary.update(metrics)
+    if images_seen:
+        summary.update({
+            "train_loss": last["loss"], "train_accuracy_top_1": last["top1"],
+            "avg_exp_per_second_training": images_seen / train_seconds,
+            "avg_exp_per_second_training_per_GPU": images_seen / train_seconds / engine.num_replicas,
+            "time_to_train_s": time.time() - wall_start,
+        })
+    summary["epochs"] = int(run.epoch.numpy())
+    summary["steps"] = int(optimizer.iterations.numpy())
+    return _finish(run, summary)
+
+
+def _train_epoch(run: Run, train_step, stage: staging.Stage, epoch: int):
+    """One epoch; returns (images timed, seconds timed, last logged metrics). Timing starts after the
+    epoch's first step, which pays for tracing/compiling and for filling the input pipeline."""
+    cfg, reporter, optimizer = run.cfg, run.reporter, run.state.optimizer
+    images_per_step = global_batch_size(cfg, run.engine.num_replicas)
+    bar = reporter.progress_bar(run.steps_per_epoch, f"Epoch {epoch + 1}/{cfg.max_epochs} "
+                                f"(stage {stage.index + 1}/{cfg.n_stages}, {stage.image_size} px)")
+    iterator = iter(_train_dataset(run, stage, epoch))
+    start, last = None, {}
+    for i in range(run.steps_per_epoch):
+        metrics = train_step(iterator)
+        if i == 0:
+            float(metrics["loss"])  # wait for the first step before starting the clock
+            start = time.perf_counter()
+        if (i + 1) % cfg.log_steps and i + 1 != run.steps_per_epoch:
+            continue
+        last = {k: float(v) for k, v in metrics.items()}
+        step = int(optimizer.iterations.numpy())
+        if not all(map(math.isfinite, last.values())):
+            reporter.say(f"Warning: non-finite training metrics at step {step}: {last}")
+        elapsed = time.perf_counter() - start
+        speed = images_per_step * i / elapsed if i and elapsed > 0 else 0.0
+        lr = float(optimizer.learning_rate)
+        reporter.record("train", step, {"epoch": epoch + 1, "lr": lr, "img_per_s": speed, **last})
+        if bar:
+            bar.update(i + 1, [("loss", last["loss"]), ("top1", last["top1"]), ("lr", lr), ("img/s", speed)])
+    elapsed = time.perf_counter() - start
+    reporter.record("epoch", int(optimizer.iterations.numpy()), {"epoch": epoch + 1, **last})
+    return images_per_step * (run.steps_per_epoch - 1), elapsed, last
+
+
+def _finish(run: Run, summary: dict) -> dict:
+    if run.engine.is_chief:
+        with open(os.path.join(run.cfg.model_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        run.reporter.say(table({k: v for k, v in summary.items()}, "Summary"))
+    run.reporter.close()
+    run.saver.close()
+    return summary

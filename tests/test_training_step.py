@@ -1,0 +1,177 @@
+"""The train step's arithmetic: accumulation, EMA, learning rate, loss scaling, weight decay."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import efficientnet
+from input.config import AugmentConfig
+from loops.config import TrainConfig
+from loops.distribution import Engine
+from loops.ema import ExponentialMovingAverage
+from loops.optimization import create_optimizer, decayed_variables, learning_rate_schedule, peak_learning_rate
+from loops.steps import TrainState, make_train_step
+
+
+def _engine():
+    return Engine(tf.distribute.OneDeviceStrategy("/cpu:0"), "one_device")
+
+
+def _small_model(num_classes=4):
+    """No BatchNorm and no dropout, so a batch split in micro-batches has exactly the same gradient."""
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.Conv2D(6, 3, activation="swish"),
+        keras.layers.DepthwiseConv2D(3, activation="swish"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(num_classes),
+    ])
+
+
+def _batch(n, num_classes=4, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 255, (n, size, size, 3)).astype("float32")
+    labels = np.eye(num_classes, dtype="float32")[rng.integers(0, num_classes, n)]
+    return images, labels
+
+
+def _state(cfg, model_fn, ema_decay=0.0):
+    engine = _engine()
+    with engine.strategy.scope():
+        model = model_fn()
+        optimizer = create_optimizer(cfg, learning_rate_schedule(cfg, 1, steps_per_epoch=10))
+        optimizer.build(model.trainable_variables)
+        ema = ExponentialMovingAverage(model, ema_decay, engine.strategy) if ema_decay else None
+    return TrainState(model=model, optimizer=optimizer, ema=ema, engine=engine)
+
+
+def _run_steps(state, cfg, batches):
+    step = make_train_step(state, cfg, mixup_alpha=0.0, cutmix_alpha=0.0)
+    iterator = iter(tf.data.Dataset.from_tensor_slices(batches).map(lambda x, y: (x, y)))
+    return [step(iterator) for _ in range(len(batches[0]))]
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(model_dir=str(tmp_path), max_epochs=10, warmup_epochs=0, lr_init=0.05, label_smoothing=0.1,
+                weight_decay=1e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("optimizer", ["rmsprop", "sgd"])
+def test_accumulating_k_micro_batches_equals_one_step_on_their_concatenation(tmp_path, optimizer):
+    images, labels = _batch(12)
+    # One update on the full batch of 12 ...
+    whole_cfg = _cfg(tmp_path, train_batch_size=12, optimizer=optimizer)
+    whole = _state(whole_cfg, _small_model)
+    out_whole = _run_steps(whole, whole_cfg, (images[None], labels[None]))
+    # ... equals one update over 3 accumulated micro-batches of 4 (same global batch, same LR).
+    acc_cfg = _cfg(tmp_path, train_batch_size=4, grad_accum_steps=3, optimizer=optimizer)
+    acc = _state(acc_cfg, _small_model)
+    out_acc = _run_steps(acc, acc_cfg, (images[None], labels[None]))
+    assert int(acc.optimizer.iterations) == 1
+    for a, b in zip(whole.model.get_weights(), acc.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert float(out_whole[0]["loss"]) == pytest.approx(float(out_acc[0]["loss"]), rel=1e-5)
+    # The update really moved the weights (the comparison above is not between two untouched models).
+    assert not np.allclose(_small_model().get_weights()[0], acc.model.get_weights()[0])
+
+
+def test_ema_follows_the_warmup_formula(tmp_path):
+    cfg = _cfg(tmp_path, train_batch_size=4, optimizer="sgd")
+    state = _state(cfg, _small_model, ema_decay=0.999)
+    model = state.model
+    expected = [w.copy() for w in model.get_weights()]
+    step = make_train_step(state, cfg, mixup_alpha=0.0, cutmix_alpha=0.0)
+    images, labels = _batch(4 * 5)
+    iterator = iter(tf.data.Dataset.from_tensor_slices((images, labels)).batch(4))
+    for t in range(1, 6):
+        step(iterator)
+        decay = min(0.999, (1 + t) / (10 + t))
+        expected = [decay * e + (1 - decay) * w for e, w in zip(expected, model.get_weights())]
+    for e, s in zip(expected, state.ema.shadows):
+        np.testing.assert_allclose(s.numpy(), e, rtol=1e-5, atol=1e-6)
+    # swap() puts the shadows into the model and back.
+    raw = model.get_weights()
+    state.ema.swap()
+    np.testing.assert_allclose(model.get_weights()[0], expected[0], rtol=1e-5, atol=1e-6)
+    state.ema.swap()
+    np.testing.assert_allclose(model.get_weights()[0], raw[0])
+
+
+def test_learning_rate_schedule_values(tmp_path):
+    cfg = _cfg(tmp_path, train_batch_size=64, grad_accum_steps=2, lr_init=0.005, warmup_epochs=5,
+               max_epochs=100)
+    # LR scales with the global batch: 64 per replica x 4 replicas x 2 accumulation steps = 512.
+    assert peak_learning_rate(cfg, num_replicas=4) == pytest.approx(0.005 * 512 / 128)
+    schedule = learning_rate_schedule(cfg, num_replicas=4, steps_per_epoch=10)
+    peak = 0.02
+    values = {s: float(schedule(s)) for s in [0, 25, 50, 525, 1000]}
+    assert values[0] == 0.0
+    assert values[25] == pytest.approx(peak / 2)
+    assert values[50] == pytest.approx(peak)
+    assert values[525] == pytest.approx(peak / 2, rel=1e-4)  # cosine half-way through the 950 decay steps
+    assert values[1000] == pytest.approx(0.0, abs=1e-9)
+    exp = learning_rate_schedule(dataclasses.replace(cfg, lr_decay="exponential"), 4, steps_per_epoch=10)
+    assert float(exp(50 + 23)) == pytest.approx(peak)  # decays every 2.4 epochs = 24 steps
+    assert float(exp(50 + 24)) == pytest.approx(peak * 0.97)
+    assert float(exp(50 + 240)) == pytest.approx(peak * 0.97 ** 10, rel=1e-5)
+
+
+def test_rmsprop_is_tf_style_with_epsilon_inside_the_root(tmp_path):
+    cfg = _cfg(tmp_path, optimizer="rmsprop", epsilon=1e-3, rho=0.9, momentum=0.9)
+    optimizer = create_optimizer(cfg, 0.1)
+    var = keras.Variable(np.array([1.0], "float32"))
+    optimizer.build([var])
+    optimizer.apply([tf.constant([0.02])], [var])
+    ms = 0.1 * 0.02 ** 2
+    assert float(var.numpy()[0]) == pytest.approx(1.0 - 0.1 * 0.02 / np.sqrt(ms + 1e-3), rel=1e-5)
+
+
+def test_weight_decay_covers_depthwise_kernels_but_not_batch_norm():
+    model = efficientnet.build_model("b0", num_classes=10)
+    names = {v.path for v in decayed_variables(model)}
+    assert "block2a_dwconv/kernel" in names and "stem_conv/kernel" in names
+    assert "predictions/kernel" in names and "predictions/bias" in names
+    assert not any("_bn/" in n for n in names)
+    assert len(names) == len(model.trainable_variables) - 2 * sum(
+        isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
+def test_fp16_overflow_skips_the_update_and_halves_the_loss_scale(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        cfg = _cfg(tmp_path, precision="amp_fp16", train_batch_size=4, optimizer="sgd")
+        state = _state(cfg, _small_model, ema_decay=0.99)
+        model = state.model
+        before = [w.copy() for w in model.get_weights()]
+        scale = float(state.optimizer.dynamic_scale.numpy())
+        images, labels = _batch(4 * 6)
+        images[:4] = 6e4  # float16 overflows on these inputs: infinite activations and gradients
+        step = make_train_step(state, cfg, mixup_alpha=0.0, cutmix_alpha=0.0)
+        iterator = iter(tf.data.Dataset.from_tensor_slices((images, labels)).batch(4))
+        step(iterator)
+        for a, b in zip(before, model.get_weights()):
+            np.testing.assert_array_equal(a, b)
+        assert float(state.optimizer.dynamic_scale.numpy()) == scale / 2
+        assert all(np.isfinite(w).all() for w in model.get_weights())
+        for _ in range(5):  # normal batches then train (after any further halving the scale needs)
+            step(iterator)
+        assert not np.allclose(before[0], model.get_weights()[0])
+        assert all(np.isfinite(w).all() for w in model.get_weights())
+        assert all(np.isfinite(s.numpy()).all() for s in state.ema.shadows)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_deferred_mixing_in_the_step_uses_soft_labels(tmp_path):
+    cfg = _cfg(tmp_path, train_batch_size=8, optimizer="sgd",
+               augment=AugmentConfig(mixup_alpha=0.4, defer_img_mixing=True))
+    state = _state(cfg, _small_model)
+    step = make_train_step(state, cfg, mixup_alpha=0.4, cutmix_alpha=0.0)
+    images, labels = _batch(8)
+    out = step(iter(tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)))
+    assert np.isfinite(float(out["loss"]))

@@ -1,0 +1,27 @@
+"""Train (and evaluate) EfficientNet: `python train.py --data_dir ... --model_dir ...`; see --helpfull."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+
+from flags import train_flags  # noqa: E402
+
+train_flags.define_train_flags()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        cfg = train_flags.train_config_from_flags()
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    from loops.distribution import create_engine
+    from loops.training import train
+    train(cfg, create_engine())
+
+
+if __name__ == "__main__":
+    app.run(main)
