@@ -143,8 +143,9 @@ def cutout(image, fraction, seed):
 
 
 # ------------------------------------------------------------------------- level -> argument (reference table)
+# Levels may be Python numbers or tensors (AutoAugment looks them up from the policy table in-graph).
 def _enhance(level):
-    return max(0.0, level / MAX_LEVEL * 1.8 + 0.1)
+    return tf.maximum(0.0, level / MAX_LEVEL * 1.8 + 0.1)
 
 
 def _op_table(translate_px: float, cutout_px: float):
@@ -154,9 +155,9 @@ def _op_table(translate_px: float, cutout_px: float):
         "Equalize": (equalize, lambda l: 0.0),
         "Invert": (invert, lambda l: 0.0),
         "Rotate": (rotate, lambda l: l / MAX_LEVEL * 30.0),
-        "Posterize": (posterize, lambda l: min(8, max(0, int(l / MAX_LEVEL * 4)))),
-        "Solarize": (solarize, lambda l: float(int(l / MAX_LEVEL * 256))),
-        "SolarizeAdd": (solarize_add, lambda l: float(int(l / MAX_LEVEL * 110))),
+        "Posterize": (posterize, lambda l: tf.clip_by_value(tf.floor(l / MAX_LEVEL * 4.0), 0.0, 8.0)),
+        "Solarize": (solarize, lambda l: tf.floor(l / MAX_LEVEL * 256.0)),
+        "SolarizeAdd": (solarize_add, lambda l: tf.floor(l / MAX_LEVEL * 110.0)),
         "Color": (color, _enhance),
         "Contrast": (contrast, _enhance),
         "Brightness": (brightness, _enhance),
@@ -207,39 +208,42 @@ RANDAUGMENT_NAMES = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize"
 
 def apply_op(image, name, level, seed, table=AUTOAUGMENT_OPS):
     fn, to_arg = table[name]
-    return fn(image, to_arg(level), seed)
+    return fn(image, to_arg(tf.cast(level, tf.float32)), seed)
+
+
+def _switch(image, index, names, level, seed, table):
+    """One op chosen by a tensor index; index == len(names) leaves the image unchanged."""
+    branches = [lambda n=n: apply_op(image, n, level, seed, table) for n in names] + [lambda: image]
+    return tf.ensure_shape(tf.switch_case(index, branches), image.shape)
 
 
 def autoaugment(image, seed, policy=POLICY_V0):
-    """Applies one uniformly chosen sub-policy; each of its two ops fires with its own probability."""
+    """Applies one uniformly chosen sub-policy; each of its two ops fires with its own probability.
+
+    The policy is looked up as data (op index, probability, level tensors), so the graph holds each op
+    once per slot instead of once per sub-policy entry.
+    """
+    names = sorted({op for sub in policy for op, _, _ in sub})
+    ops = tf.constant([[names.index(op) for op, _, _ in sub] for sub in policy], tf.int32)
+    probs = tf.constant([[p for _, p, _ in sub] for sub in policy], tf.float32)
+    levels = tf.constant([[l for _, _, l in sub] for sub in policy], tf.float32)
     seeds = tf.random.experimental.stateless_split(seed, 5)
     choice = tf.random.stateless_uniform([], seeds[0], 0, len(policy), dtype=tf.int32)
-
-    def branch(sub):
-        def run():
-            img = image
-            for k, (name, prob, level) in enumerate(sub):
-                fire = _u(seeds[1 + 2 * k]) < prob
-                op_seed = seeds[2 + 2 * k]
-                img = tf.cond(fire, lambda img=img, n=name, l=level, s=op_seed: apply_op(img, n, l, s),
-                              lambda img=img: img)
-            return img
-        return run
-
-    out = tf.switch_case(choice, [branch(sub) for sub in policy])
-    return tf.ensure_shape(out, image.shape)
+    img = image
+    for k in range(ops.shape[1]):
+        fire = _u(seeds[1 + 2 * k]) < probs[choice, k]
+        index = tf.where(fire, ops[choice, k], len(names))
+        img = _switch(img, index, names, levels[choice, k], seeds[2 + 2 * k], AUTOAUGMENT_OPS)
+    return img
 
 
 def randaugment(image, seed, num_layers=2, magnitude=10.0, names=RANDAUGMENT_NAMES):
     """num_layers times: one uniformly chosen op at the fixed magnitude (always applied, as in the reference)."""
     img = image
-    for layer, layer_seed in enumerate(tf.unstack(tf.random.experimental.stateless_split(seed, max(num_layers, 1)))):
-        if layer >= num_layers:
-            break
+    for layer_seed in tf.unstack(tf.random.experimental.stateless_split(seed, max(num_layers, 1)))[:num_layers]:
         pick_seed, op_seed = tf.unstack(tf.random.experimental.stateless_split(layer_seed, 2))
         choice = tf.random.stateless_uniform([], pick_seed, 0, len(names), dtype=tf.int32)
-        branches = [lambda img=img, n=n: apply_op(img, n, magnitude, op_seed, RANDAUGMENT_OPS) for n in names]
-        img = tf.ensure_shape(tf.switch_case(choice, branches), image.shape)
+        img = _switch(img, choice, names, magnitude, op_seed, RANDAUGMENT_OPS)
     return img
 
 
