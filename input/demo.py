@@ -14,7 +14,8 @@ from input.config import DataConfig
 from input.sources import INFO_FILE, open_tfrecord_dir
 
 DEMO_SIZE = 32
-DEMO_VERSION = "v1"  # bump when the cached files change meaning, so old caches are not reused
+DIGIT_SIZE = 24  # the digit is centred on a black border, so crops rarely cut strokes off
+DEMO_VERSION = "v2"  # bump when the cached files change meaning, so old caches are not reused
 
 
 def default_cache_dir() -> str:
@@ -33,8 +34,11 @@ def _write_image_folder(root: str) -> None:
     for k, idx in enumerate(order):
         split = "validation" if k < n_val else "train"
         img8 = (digits.images[idx] * (255.0 / 16.0)).clip(0, 255).astype("uint8")
-        # Bilinear upsampling keeps strokes smooth and legible at 32 px; the digit stays white on black.
-        img = Image.fromarray(img8, mode="L").resize((DEMO_SIZE, DEMO_SIZE), Image.BILINEAR).convert("RGB")
+        # Bilinear upsampling keeps strokes smooth and legible; the digit stays white on black.
+        digit = Image.fromarray(img8, mode="L").resize((DIGIT_SIZE, DIGIT_SIZE), Image.BILINEAR)
+        img = Image.new("L", (DEMO_SIZE, DEMO_SIZE))
+        img.paste(digit, ((DEMO_SIZE - DIGIT_SIZE) // 2, (DEMO_SIZE - DIGIT_SIZE) // 2))
+        img = img.convert("RGB")
         d = os.path.join(root, split, str(int(digits.target[idx])))
         os.makedirs(d, exist_ok=True)
         img.save(os.path.join(d, f"digit_{int(idx):04d}.jpg"), quality=95)
@@ -82,4 +86,5 @@ def open_demo(cfg: DataConfig):
         is_demo=True,
         crop_area=(0.5, 1.0),
         random_flip=False,
+        eval_crop_fraction=0.875,
     )

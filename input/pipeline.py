@@ -21,6 +21,13 @@ AUTOTUNE = tf.data.AUTOTUNE
 _SHUFFLE_BYTES = 256 << 20  # memory allowed for the decoded-example shuffle buffer
 
 
+def worker_input_context(rank: int, size: int) -> tf.distribute.InputContext:
+    """The InputContext of one process in a one-replica-per-process job (Horovod rank/size, MPI, ...)."""
+    if not 0 <= rank < size:
+        raise ValueError(f"worker rank {rank} is outside [0, {size})")
+    return tf.distribute.InputContext(num_input_pipelines=size, input_pipeline_id=rank, num_replicas_in_sync=size)
+
+
 def _workers(input_context) -> tuple[int, int]:
     if input_context is None:
         return 1, 0
@@ -145,7 +152,7 @@ def train_records(info: DatasetInfo, cfg: DataConfig, *, image_size: int, input_
 
     def decode(image_bytes, s):
         return preprocessing.preprocess_for_train(image_bytes, image_size, s, cfg.resize_method, info.crop_area,
-                                                  info.random_flip)
+                                                  info.random_flip, info.eval_crop_fraction)
 
     cycle = min(16 if info.record_format == "tfrecord" else 64, len(info.train_shards))
     return _record_stream(info, units, decode, num_workers=n, worker=w, by_record=by_record,
@@ -222,7 +229,7 @@ def eval_records(info: DatasetInfo, cfg: DataConfig, *, image_size: int, input_c
         lambda p, c, lab: (p, c, lab, tf.zeros([2], tf.int64)))
 
     def decode(image_bytes, _seed):
-        return preprocessing.preprocess_for_eval(image_bytes, image_size, cfg.resize_method)
+        return preprocessing.preprocess_for_eval(image_bytes, image_size, cfg.resize_method, info.eval_crop_fraction)
 
     cycle = min(8 if info.record_format == "tfrecord" else 64, len(mine))
     stream = _record_stream(info, units, decode, num_workers=n, worker=w, by_record=by_record,

@@ -41,24 +41,22 @@ def _crop(image_bytes, offset_y, offset_x, h, w):
     return img
 
 
-def _center_window(shape, image_size):
+def _center_window(shape, image_size, crop_fraction=None):
     h, w = shape[0], shape[1]
-    side = tf.cast(
-        tf.cast(image_size, tf.float32) / tf.cast(image_size + CROP_PADDING, tf.float32)
-        * tf.cast(tf.minimum(h, w), tf.float32),
-        tf.int32,
-    )
+    if crop_fraction is None:
+        crop_fraction = image_size / (image_size + CROP_PADDING)
+    side = tf.cast(crop_fraction * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
     side = tf.maximum(side, 1)
     return (h - side + 1) // 2, (w - side + 1) // 2, side, side
 
 
-def decode_and_center_crop(image_bytes, image_size):
+def decode_and_center_crop(image_bytes, image_size, crop_fraction=None):
     shape = _shape(image_bytes)
-    return _crop(image_bytes, *_center_window(shape, image_size))
+    return _crop(image_bytes, *_center_window(shape, image_size, crop_fraction))
 
 
 def decode_and_random_crop(image_bytes, image_size, seed, area_range=DEFAULT_CROP_AREA,
-                           aspect_range=DEFAULT_CROP_ASPECT):
+                           aspect_range=DEFAULT_CROP_ASPECT, crop_fraction=None):
     """Inception-style crop; falls back to the eval centre crop when no window was found in 100 attempts."""
     shape = _shape(image_bytes)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -75,7 +73,7 @@ def decode_and_random_crop(image_bytes, image_size, seed, area_range=DEFAULT_CRO
     failed = tf.reduce_all(tf.equal(size[:2], shape))
     window = tf.cond(
         failed,
-        lambda: tf.stack(_center_window(shape, image_size)),
+        lambda: tf.stack(_center_window(shape, image_size, crop_fraction)),
         lambda: tf.stack([begin[0], begin[1], size[0], size[1]]),
     )
     return _crop(image_bytes, window[0], window[1], window[2], window[3])
@@ -89,16 +87,18 @@ def resize(image, image_size, method="bilinear"):
     return out
 
 
-def preprocess_for_eval(image_bytes, image_size, resize_method="bilinear"):
-    """Encoded image (any TF-decodable format) -> float32 [S, S, 3] in [0, 255], eval centre crop."""
-    return resize(decode_and_center_crop(image_bytes, image_size), image_size, resize_method)
+def preprocess_for_eval(image_bytes, image_size, resize_method="bilinear", crop_fraction=None):
+    """Encoded image (any TF-decodable format) -> float32 [S, S, 3] in [0, 255], eval centre crop.
+
+    crop_fraction: None for the reference size/(size+32); pass DatasetInfo.eval_crop_fraction."""
+    return resize(decode_and_center_crop(image_bytes, image_size, crop_fraction), image_size, resize_method)
 
 
 def preprocess_for_train(image_bytes, image_size, seed, resize_method="bilinear", area_range=DEFAULT_CROP_AREA,
-                         random_flip=True):
+                         random_flip=True, crop_fraction=None):
     """Random crop, optional flip and resize, without the policy augmenters (see input.augment)."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    img = decode_and_random_crop(image_bytes, image_size, crop_seed, area_range)
+    img = decode_and_random_crop(image_bytes, image_size, crop_seed, area_range, crop_fraction=crop_fraction)
     if random_flip:
         img = tf.image.stateless_random_flip_left_right(img, flip_seed)
     return resize(img, image_size, resize_method)

@@ -68,6 +68,15 @@ def test_two_workers_read_disjoint_files_covering_all(labelled):
     assert len(seen[0]) == len(seen[1]) == 12
 
 
+def test_horovod_style_rank_size_context(labelled):
+    info, _ = labelled
+    files = [{p.decode() for p, *_ in pipeline.train_units(info, I.worker_input_context(r, 3), 0)[0]
+              .take(2).as_numpy_iterator()} for r in range(3)]
+    assert sum(len(f) for f in files) == 6 and len(set.union(*files)) == 6
+    with pytest.raises(ValueError, match="rank 3 is outside"):
+        I.worker_input_context(3, 3)
+
+
 def test_fewer_files_than_workers_shards_records(tmp_path):
     testdata.labelled_shards(str(tmp_path), "train", [7])
     info, cfg = open_dir(tmp_path, num_classes=7)

@@ -181,7 +181,7 @@ def test_demo_dataset_built_once_and_reused(tmp_path, capsys):
     assert info.num_train_examples + info.num_eval_examples == 1797
     assert info.class_names == tuple(str(i) for i in range(10))
     assert 340 <= info.num_eval_examples <= 380
-    cache = os.path.join(str(tmp_path), "v1")
+    cache = os.path.join(str(tmp_path), "v2")
     stats = {f: os.stat(os.path.join(cache, f)).st_mtime_ns for f in os.listdir(cache)}
     with open(os.path.join(cache, "labels.txt")) as f:
         assert f.read().split() == [str(i) for i in range(10)]
@@ -194,7 +194,7 @@ def test_demo_dataset_built_once_and_reused(tmp_path, capsys):
 
 
 def test_demo_half_written_cache_is_rebuilt(tmp_path):
-    cache = tmp_path / "v1"
+    cache = tmp_path / "v2"
     cache.mkdir()
     (cache / "train-00000-of-00004").write_bytes(b"partial")
     info = I.open_dataset(I.DataConfig(demo_cache_dir=str(tmp_path)))
