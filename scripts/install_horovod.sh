@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Build (or reuse a cached build of) Horovod 0.28.1 for this repo's TensorFlow and install it.
+#
+#   scripts/install_horovod.sh                 # into .venv/bin/python, CPU build: TensorFlow + Gloo, no MPI
+#   PYTHON=/path/to/venv/bin/python scripts/install_horovod.sh
+#   HOROVOD_GPU_OPERATIONS=NCCL scripts/install_horovod.sh   # GPU machines (needs CUDA toolkit + NCCL headers)
+#
+# Horovod is optional and only ships as a source distribution, so it is kept out of the requirements files.
+# Idempotent: does nothing if the wanted build is already installed; reuses a cached wheel (keyed by Horovod
+# version, TensorFlow version, Python tag and GPU operations) instead of rebuilding (the build takes 2-6 min on 2 cores).
+# Environment:
+#   PYTHON               interpreter to install into (default: <repo>/.venv/bin/python)
+#   HOROVOD_WHEEL_CACHE  where built wheels are kept (default: $HOME/.cache/efficientnet_tf2/wheels)
+#   HOROVOD_FORCE_BUILD  1 = rebuild even if a cached wheel exists
+#   HOROVOD_GPU_OPERATIONS, HOROVOD_CUDA_HOME, HOROVOD_NCCL_HOME, ...  passed through to Horovod's build
+set -Eeuo pipefail
+
+HOROVOD_VERSION=0.28.1
+# Pins for packages Horovod needs that are not in constraints.txt. wheel 0.45.x still provides bdist_wheel
+# for setuptools < 70.1 (the venv's default setuptools); later wheel releases defer to setuptools.
+WHEEL_PIN="wheel==0.45.1"
+PYYAML_PIN="pyyaml==6.0.3"
+APT_PACKAGES=(libhighwayhash-dev libfarmhash-dev)  # headers TensorFlow's C++ headers include but its wheel lacks
+
+die() { echo "install_horovod.sh: ERROR: $*" >&2; exit 1; }
+log() { echo "install_horovod.sh: $*"; }
+trap 'rc=$?; echo "install_horovod.sh: ERROR: command failed (exit $rc) at line $LINENO: $BASH_COMMAND" >&2; exit $rc' ERR
+
+CALLER_DIR=$(pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# Resolve PYTHON to an absolute path *without* following symlinks (a venv's python links to the base one).
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+case "$PYTHON" in
+  /*) ;;
+  */*) PYTHON="$CALLER_DIR/$PYTHON" ;;
+  *) PYTHON=$(command -v "$PYTHON") || die "python '$PYTHON' not found on PATH" ;;
+esac
+[ -x "$PYTHON" ] || die "python interpreter '$PYTHON' does not exist (create the venv first, see README; or set PYTHON=...)"
+BIN_DIR=$(dirname "$PYTHON")
+CACHE_DIR=${HOROVOD_WHEEL_CACHE:-$HOME/.cache/efficientnet_tf2/wheels}
+CONSTRAINTS=()
+[ -f "$ROOT/constraints.txt" ] && CONSTRAINTS=(-c "$ROOT/constraints.txt")
+
+pip() { "$PYTHON" -m pip --disable-pip-version-check "$@"; }
+
+# --- What we are building for -----------------------------------------------------------------------------
+tf_info=$("$PYTHON" - <<'EOF' 2>/dev/null
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tensorflow as tf
+print(tf.__version__, "cp%d%d" % sys.version_info[:2], tf.sysconfig.get_include())
+EOF
+) || die "TensorFlow is not importable from $PYTHON; install the requirements first (see README)"
+read -r TF_VERSION PY_TAG TF_INCLUDE <<<"$tf_info"
+
+# PEP 440 local version label identifying the build: 0.28.1+tf2.21.0 (GPU builds: 0.28.1+tf2.21.0.nccl).
+LOCAL_LABEL="tf$(echo "$TF_VERSION" | tr -c 'A-Za-z0-9\n' '.')"
+if [ -n "${HOROVOD_GPU_OPERATIONS:-}" ]; then
+  LOCAL_LABEL="$LOCAL_LABEL.$(echo "$HOROVOD_GPU_OPERATIONS" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9\n' '.')"
+fi
+WANT_VERSION="$HOROVOD_VERSION+$LOCAL_LABEL"
+log "target: horovod $WANT_VERSION for TensorFlow $TF_VERSION, $PY_TAG, python $PYTHON"
+
+# Checks that the installed horovod is the wanted build and that its TensorFlow op library loads.
+horovod_ok() {
+  "$PYTHON" - "$WANT_VERSION" <<'EOF' >/dev/null 2>&1
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from importlib.metadata import version
+assert version("horovod") == sys.argv[1], version("horovod")
+import horovod.tensorflow as hvd
+assert hvd.gloo_built()
+EOF
+}
+
+# Installs Horovod's pure-Python runtime dependencies (and, with "build", what building it needs).
+python_deps() {
+  local want=() check="import cloudpickle, psutil, yaml, packaging"
+  [ "${1:-}" = build ] && check="$check, setuptools
+try:
+    import setuptools.command.bdist_wheel
+except ImportError:
+    from wheel.bdist_wheel import bdist_wheel"
+  if ! "$PYTHON" -c "$check" >/dev/null 2>&1; then
+    want=(cloudpickle psutil packaging "$PYYAML_PIN")
+    [ "${1:-}" = build ] && want+=(setuptools "$WHEEL_PIN")
+    log "installing python packages: ${want[*]}"
+    pip install -q "${CONSTRAINTS[@]}" "${want[@]}" || die "pip install ${want[*]} failed"
+  fi
+}
+
+verify() {
+  horovod_ok || die "horovod $WANT_VERSION was installed but does not import with TensorFlow + Gloo; run: $PYTHON -c 'import horovod.tensorflow'"
+  local out
+  out=$("$BIN_DIR/horovodrun" --check-build 2>&1) || die "horovodrun --check-build failed: $out"
+  grep -q '\[X\] TensorFlow' <<<"$out" || die "horovodrun --check-build does not list TensorFlow: $out"
+  grep -q '\[X\] Gloo' <<<"$out" || die "horovodrun --check-build does not list Gloo: $out"
+  sed -n '/^Horovod v/,$p' <<<"$out"   # drop TensorFlow's start-up log lines
+  log "OK: horovod $WANT_VERSION installed in $PYTHON"
+}
+
+install_wheel() {
+  python_deps
+  log "installing $1"
+  # --no-deps: runtime deps were installed above; do not let pip touch the pinned TensorFlow stack.
+  pip install -q --no-deps --force-reinstall "$1" || die "pip install $1 failed"
+  verify
+}
+
+# --- 1. Already installed? ----------------------------------------------------------------------------------
+if [ "${HOROVOD_FORCE_BUILD:-0}" != 1 ] && horovod_ok; then
+  log "horovod $WANT_VERSION is already installed in $PYTHON and imports with Gloo; nothing to do"
+  exit 0
+fi
+
+# --- 2. Cached wheel? ---------------------------------------------------------------------------------------
+WHEEL_GLOB="horovod-${WANT_VERSION}-${PY_TAG}-${PY_TAG}-*.whl"
+if [ "${HOROVOD_FORCE_BUILD:-0}" != 1 ]; then
+  cached=$(ls -t "$CACHE_DIR"/$WHEEL_GLOB 2>/dev/null | head -n1 || true)
+  if [ -n "$cached" ]; then
+    log "using cached wheel (no rebuild): $cached"
+    install_wheel "$cached"
+    exit 0
+  fi
+fi
+if [ "${HOROVOD_FORCE_BUILD:-0}" = 1 ]; then
+  log "HOROVOD_FORCE_BUILD=1: building from source (2-6 min on 2 cores, depending on load)"
+else
+  log "no cached wheel matching $CACHE_DIR/$WHEEL_GLOB; building from source (2-6 min on 2 cores, depending on load)"
+fi
+
+# --- 3. System build dependencies -----------------------------------------------------------------------------
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+command -v cmake >/dev/null || missing+=(cmake)   # Horovod needs CMake >= 3.13
+command -v make >/dev/null || missing+=(make)
+command -v g++ >/dev/null || missing+=(g++)
+if [ ${#missing[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null || die "missing build dependencies (${missing[*]}) and no apt-get to install them"
+  SUDO=()
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null || die "need root or sudo to apt-get install ${missing[*]}"
+    SUDO=(sudo)
+  fi
+  log "apt-get installing: ${missing[*]}"
+  "${SUDO[@]}" apt-get update -qq || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "apt-get install ${missing[*]} failed"
+else
+  log "system build dependencies present (${APT_PACKAGES[*]}, cmake, make, g++)"
+fi
+cmake_version=$(cmake --version | sed -n 's/^cmake version \([0-9.]*\).*/\1/p')
+"$PYTHON" -c "import sys; v=tuple(map(int,'$cmake_version'.split('.')[:2])); sys.exit(v < (3, 13))" \
+  || die "cmake $cmake_version is too old; Horovod needs >= 3.13"
+
+python_deps build
+
+# --- 4. Fetch, patch, build ---------------------------------------------------------------------------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/horovod-build.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+log "downloading horovod==$HOROVOD_VERSION sdist"
+pip download -q --no-deps --no-binary :all: --no-build-isolation "horovod==$HOROVOD_VERSION" -d "$WORK" \
+  || die "pip download horovod==$HOROVOD_VERSION failed"
+tar -xzf "$WORK/horovod-$HOROVOD_VERSION.tar.gz" -C "$WORK" || die "cannot unpack the sdist"
+SRC="$WORK/horovod-$HOROVOD_VERSION"
+
+# TensorFlow >= 2.19 moved XLA's client headers; Horovod's main branch made the same change.
+PATCH_FILE="$SRC/horovod/tensorflow/xla_mpi_ops.cc"
+OLD_INCLUDE='#include "tensorflow/compiler/xla/client/xla_builder.h"'
+NEW_INCLUDE='#include "xla/hlo/builder/xla_builder.h"'
+if [ -f "$TF_INCLUDE/xla/hlo/builder/xla_builder.h" ]; then
+  grep -qF "$OLD_INCLUDE" "$PATCH_FILE" \
+    || die "patch pattern '$OLD_INCLUDE' not found in $PATCH_FILE (Horovod version changed? update this script)"
+  sed -i 's|^#include "tensorflow/compiler/xla/client/xla_builder.h"|#include "xla/hlo/builder/xla_builder.h"|' "$PATCH_FILE"
+  grep -qF "$NEW_INCLUDE" "$PATCH_FILE" || die "sed did not apply the include fix to $PATCH_FILE"
+  ! grep -qF "$OLD_INCLUDE" "$PATCH_FILE" || die "old include still present in $PATCH_FILE after sed"
+  log "patched $OLD_INCLUDE -> $NEW_INCLUDE"
+else
+  log "TensorFlow $TF_VERSION has no xla/hlo/builder/xla_builder.h; building without the include fix"
+fi
+
+export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+       HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_LOCAL_VERSION="$LOCAL_LABEL"
+# Horovod's setup.py runs make -j8 unless MAKEFLAGS is set; match the machine instead.
+export MAKEFLAGS=${MAKEFLAGS:--j$(nproc 2>/dev/null || echo 2)}
+# The build runs cmake/make and python from this venv.
+export PATH="$BIN_DIR:$PATH"
+BUILD_LOG="$WORK/build.log"
+log "building wheel (log: $BUILD_LOG, kept on failure as ${CACHE_DIR}/horovod-build-failed.log)"
+start=$(date +%s)
+if ! pip wheel --no-deps --no-build-isolation -v -w "$WORK/dist" "$SRC" >"$BUILD_LOG" 2>&1; then
+  mkdir -p "$CACHE_DIR" && cp "$BUILD_LOG" "$CACHE_DIR/horovod-build-failed.log"
+  grep -nE 'error|Error' "$BUILD_LOG" | head -n 20 >&2 || true
+  tail -n 30 "$BUILD_LOG" >&2
+  die "building horovod failed; full log: $CACHE_DIR/horovod-build-failed.log"
+fi
+log "build took $(( $(date +%s) - start )) s"
+
+built=$(ls "$WORK"/dist/$WHEEL_GLOB 2>/dev/null | head -n1 || true)
+[ -n "$built" ] || die "build finished but no wheel matching $WHEEL_GLOB in $WORK/dist: $(ls "$WORK/dist")"
+mkdir -p "$CACHE_DIR"
+cp "$built" "$CACHE_DIR/.$(basename "$built").tmp" && mv "$CACHE_DIR/.$(basename "$built").tmp" "$CACHE_DIR/$(basename "$built")"
+log "cached wheel: $CACHE_DIR/$(basename "$built")"
+
+# --- 5. Install ------------------------------------------------------------------------------------------------
+install_wheel "$CACHE_DIR/$(basename "$built")"
