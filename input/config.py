@@ -38,7 +38,7 @@ class DataConfig:
             raise ValueError(f"--num_classes must be >= 1, got {self.num_classes}")
         if self.manual_dir is not None and not os.path.isdir(self.manual_dir):
             raise ValueError(f"--manual_dir {self.manual_dir!r} is not a directory")
-        if self.data_dir is None and self.source not in ("auto",):
+        if self.data_dir is None and self.source in ("tfrecord", "folder"):
             raise ValueError(f"--source={self.source} needs --data_dir")
 
 

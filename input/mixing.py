@@ -22,7 +22,8 @@ def _uniform(seed, shape=()):
 def mixup(images, labels, alpha, seed=None):
     lam = _beta(alpha, seed)
     partner_x, partner_y = tf.reverse(images, [0]), tf.reverse(labels, [0])
-    return lam * images + (1 - lam) * partner_x, lam * labels + (1 - lam) * partner_y
+    lam_x = tf.cast(lam, images.dtype)
+    return lam_x * images + (1 - lam_x) * partner_x, lam * labels + (1 - lam) * partner_y
 
 
 def cutmix(images, labels, alpha, seed=None):
@@ -43,7 +44,6 @@ def cutmix(images, labels, alpha, seed=None):
     area = tf.cast((y1 - y0) * (x1 - x0), tf.float32) / (hf * wf)
     partner_x, partner_y = tf.reverse(images, [0]), tf.reverse(labels, [0])
     mixed = tf.where(box[None, :, :, None], partner_x, images)
-    area = tf.cast(area, labels.dtype)
     return mixed, (1 - area) * labels + area * partner_y
 
 
@@ -51,7 +51,8 @@ def mix_batch(images, labels_onehot, *, mixup_alpha, cutmix_alpha, seed=None):
     """Mixes a batch with its reverse. With both alphas > 0, each batch gets CutMix or Mixup with prob 0.5
     (timm / NVIDIA convention). Label rows keep their sum. seed: None (stateful RNG) or a [2] int tensor."""
     images = tf.convert_to_tensor(images)
-    labels_onehot = tf.cast(labels_onehot, images.dtype)
+    # Labels stay float32 even when images are float16/bfloat16 (mixed precision in the train step).
+    labels_onehot = tf.cast(labels_onehot, tf.float32)
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return images, labels_onehot
     if cutmix_alpha <= 0:

@@ -145,6 +145,10 @@ def test_mix_batch_inside_tf_function_unseeded():
         np.testing.assert_allclose(y.numpy().sum(1), 1.0, atol=1e-5)
     x, y = I.mix_batch(images, labels, mixup_alpha=0.0, cutmix_alpha=0.0)
     assert np.array_equal(y.numpy(), labels.numpy())
+    for _ in range(4):  # half-precision images (mixed precision): labels stay float32 and exact
+        x16, y = step(tf.cast(images, tf.float16), labels)
+        assert x16.dtype == tf.float16 and y.dtype == tf.float32
+        np.testing.assert_allclose(y.numpy().sum(1), 1.0, atol=1e-6)
 
 
 def test_pipeline_mixing_and_deferral(tmp_path):
