@@ -61,13 +61,15 @@ def ensure_demo_tfrecords(cache_dir: str | None = None) -> str:
         out = os.path.join(work, "tfrecords")
         build_tfrecords.build(os.path.join(work, "images"), out, num_shards=4, num_validation_shards=2,
                               num_workers=1, progress=False)
-        if os.path.exists(final):  # incomplete leftover
-            shutil.rmtree(final)
-        try:
-            os.replace(out, final)
-        except OSError:
-            if not os.path.exists(os.path.join(final, INFO_FILE)):  # lost a race only if the winner finished
-                raise
+        complete = os.path.join(final, INFO_FILE)
+        if os.path.exists(final) and not os.path.exists(complete):  # leftover of an interrupted build
+            shutil.rmtree(final, ignore_errors=True)
+        if not os.path.exists(complete):  # else another process finished first: keep its cache, drop ours
+            try:
+                os.replace(out, final)
+            except OSError:
+                if not os.path.exists(complete):
+                    raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final

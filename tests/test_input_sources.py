@@ -201,3 +201,18 @@ def test_demo_half_written_cache_is_rebuilt(tmp_path):
     assert info.num_train_examples + info.num_eval_examples == 1797
     with open(cache / "dataset_info.json") as f:
         assert json.load(f)["splits"]["train"] == info.num_train_examples
+
+
+def test_demo_concurrent_builders_end_with_one_complete_cache(tmp_path):
+    import concurrent.futures
+    import multiprocessing
+
+    from input import demo
+
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        dirs = list(ex.map(demo.ensure_demo_tfrecords, [str(tmp_path)] * 2))
+    assert dirs == [str(tmp_path / "v2")] * 2
+    info = I.open_dataset(I.DataConfig(demo_cache_dir=str(tmp_path)))
+    assert info.num_train_examples + info.num_eval_examples == 1797
+    assert sorted(os.listdir(tmp_path)) == ["v2"]
