@@ -93,8 +93,8 @@ def _record_stream(info: DatasetInfo, units: tf.data.Dataset, decode, *, num_wor
             if not skip_corrupt:
                 asserts.append(tf.debugging.Assert(
                     tf.equal(gap, 0),
-                    ["Undecodable image in shard", path, "record index", expected,
-                     "(use --skip_corrupt to skip such records)"], summarize=3))
+                    ["Undecodable image (or a record without %s / %s) in shard" % (info.image_key, info.label_key),
+                     path, "record index", expected, "(use --skip_corrupt to skip such records)"], summarize=3))
             with tf.control_dependencies(asserts):
                 gap = tf.identity(gap)
             return i + step, (img, lab, seed, gap, path)

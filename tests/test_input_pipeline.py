@@ -156,7 +156,8 @@ def test_corrupt_record_stops_eval_naming_shard_and_index(corrupt):
     with pytest.raises(tf.errors.InvalidArgumentError) as e:
         list(I.eval_dataset(info, cfg, batch_size=4, image_size=32))
     msg = str(e.value)
-    assert "Undecodable image in shard" in msg and "--skip_corrupt" in msg
+    assert "Undecodable image (or a record without image/encoded / image/class/label) in shard" in msg
+    assert "--skip_corrupt" in msg
     assert "validation-00001-of-00003] [record index] [2]" in msg or \
         "validation-00002-of-00003] [record index] [3]" in msg
 

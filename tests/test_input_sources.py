@@ -216,3 +216,40 @@ def test_demo_concurrent_builders_end_with_one_complete_cache(tmp_path):
     info = I.open_dataset(I.DataConfig(demo_cache_dir=str(tmp_path)))
     assert info.num_train_examples + info.num_eval_examples == 1797
     assert sorted(os.listdir(tmp_path)) == ["v2"]
+
+
+def test_any_prepared_tfds_image_classification_set(tmp_path):
+    import tensorflow_datasets as tfds
+
+    from input import tfds_source
+
+    tfds_source._ensure_importlib_resources()
+
+    class TinyShapes(tfds.core.GeneratorBasedBuilder):
+        """Feature names differ from imagenet2012's on purpose: they come from the supervised keys."""
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict({
+                    "picture": tfds.features.Image(shape=(None, None, 3)),
+                    "kind": tfds.features.ClassLabel(names=["disc", "ring", "bar"]),
+                }),
+                supervised_keys=("picture", "kind"))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(0, 6), "test": self._generate_examples(100, 3)}
+
+        def _generate_examples(self, start, n):
+            for i in range(n):
+                yield start + i, {"picture": testdata.image_array(start + i, 30, 34), "kind": i % 3}
+
+    d = str(tmp_path / "tfds")
+    TinyShapes(data_dir=d).download_and_prepare(file_format="tfrecord")
+    info = I.open_dataset(I.DataConfig(data_dir=d))  # detected: the only prepared dataset in --data_dir
+    assert info.source == "tfds" and info.image_key == "picture" and info.label_key == "kind"
+    assert info.class_names == ("disc", "ring", "bar")
+    assert (info.num_train_examples, info.num_eval_examples) == (6, 3)
+    cfg = I.DataConfig(data_dir=d, dataset="tiny_shapes")
+    assert _labels_of(I.open_dataset(cfg), cfg) == [0, 1, 2]
