@@ -6,9 +6,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 
-from flags import train_flags  # noqa: E402
+from flags import benchmark_flags, train_flags  # noqa: E402
 
 train_flags.define_train_flags()
+benchmark_flags.define_benchmark_flags()
 
 
 def main(argv):
@@ -16,9 +17,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         cfg = train_flags.train_config_from_flags()
+        bench = benchmark_flags.benchmark_config_from_flags(cfg) if cfg.mode.endswith("_benchmark") else None
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     from loops.distribution import create_engine
+    if bench is not None:
+        from loops.benchmark import run_benchmark
+        run_benchmark(bench, create_engine())
+        return
     from loops.training import train
     train(cfg, create_engine())
 

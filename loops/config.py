@@ -7,7 +7,7 @@ from typing import Any
 
 from input.config import AugmentConfig, DataConfig
 
-MODES = ("train_and_eval", "train", "eval")
+MODES = ("train_and_eval", "train", "eval", "training_benchmark", "inference_benchmark")
 PRECISIONS = ("fp32", "tf32", "amp_fp16", "amp_bf16")
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 LR_DECAYS = ("cosine", "exponential")

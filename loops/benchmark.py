@@ -1,0 +1,258 @@
+"""Training and inference benchmarks on synthetic data made on the device, so the input pipeline (decoding,
+augmentation) is out of the picture: what is timed is the model, the optimizer and the device.
+
+The images come from tf.random inside the traced step, so every step draws new ones on the device with no
+host-to-device copy. Training runs the real train step (loops.steps.make_train_step: loss, L2, loss scaling,
+optimizer, EMA). Warm-up steps (tracing, autotuning, allocator growth) are excluded; latency percentiles are
+true percentiles of per-step wall time, measured after the step's result reached the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from loops.config import TrainConfig
+from loops.distribution import Engine
+from loops.evaluation import latency_percentiles
+
+BENCHMARK_MODES = ("training_benchmark", "inference_benchmark")
+DEFAULT_INFERENCE_BATCH_SIZES = (1, 8, 32)
+
+
+def default_precisions(has_gpu: bool) -> tuple[str, ...]:
+    return ("fp32", "tf32", "amp_fp16", "amp_bf16") if has_gpu else ("fp32", "amp_fp16", "amp_bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+    train: TrainConfig  # model, optimizer and EMA settings of the benchmarked training step
+    mode: str
+    batch_sizes: tuple[int, ...]  # per replica
+    precisions: tuple[str, ...]
+    image_size: int
+    steps: int = 20  # timed
+    warmup_steps: int = 5
+    output: str | None = None  # None: <model_dir>/<mode>.json
+
+    def __post_init__(self):
+        if self.mode not in BENCHMARK_MODES:
+            raise ValueError(f"--mode={self.mode!r}: not a benchmark mode ({', '.join(BENCHMARK_MODES)})")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ValueError(f"--benchmark_batch_sizes={list(self.batch_sizes)}: need positive batch sizes")
+        from loops.config import PRECISIONS
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if not self.precisions or bad:
+            raise ValueError(f"--benchmark_precisions={list(self.precisions)}: each must be one of "
+                             f"{', '.join(PRECISIONS)}")
+        if self.steps < 1:
+            raise ValueError(f"--benchmark_steps={self.steps}: must be positive")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--benchmark_warmup_steps={self.warmup_steps}: must be >= 0")
+        if self.image_size < 1:
+            raise ValueError(f"image size {self.image_size}: must be positive")
+
+    @property
+    def output_path(self) -> str:
+        return self.output or os.path.join(self.train.model_dir, f"{self.mode}.json")
+
+
+class MemoryPeak:
+    """Peak memory while a benchmark runs: the device allocator's peak on GPU; on CPU the process's resident
+    set (host memory: weights, activations, TF runtime and all), sampled by a thread because
+    getrusage's maxrss never comes down and would carry one run's peak into the next."""
+
+    def __init__(self, gpu: str | None):
+        self.gpu = gpu
+        self.kind = f"{gpu} allocator peak" if gpu else "host RSS peak (process)"
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        if self.gpu:
+            tf.config.experimental.reset_memory_stats(self.gpu)
+        else:
+            import psutil
+
+            proc = psutil.Process()
+            self._peak = proc.memory_info().rss
+
+            def sample():
+                while not self._stop.wait(0.005):
+                    self._peak = max(self._peak, proc.memory_info().rss)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.gpu:
+            self._peak = tf.config.experimental.get_memory_info(self.gpu)["peak"]
+        else:
+            self._stop.set()
+            self._thread.join()
+
+    @property
+    def mib(self) -> float:
+        return self._peak / 2**20
+
+
+def _synthetic(strategy, batch: int, size: int, num_classes: int):
+    """Per-replica random images in [0, 255] and one-hot labels, created on each replica's device when called
+    inside a traced step."""
+
+    def make(_ctx):
+        images = tf.random.uniform([batch, size, size, 3], 0.0, 255.0)
+        labels = tf.one_hot(tf.random.uniform([batch], 0, num_classes, tf.int32), num_classes)
+        return images, labels
+
+    return strategy.experimental_distribute_values_from_function(make)
+
+
+class _SyntheticIterator:
+    """What make_train_step calls next() on while tracing: the random ops land in the step's graph."""
+
+    def __init__(self, strategy, batch, size, num_classes):
+        self.args = (strategy, batch, size, num_classes)
+
+    def __next__(self):
+        return _synthetic(*self.args)
+
+
+def _time_steps(step, cfg: BenchmarkConfig, memory: MemoryPeak) -> list[float]:
+    with memory:
+        for _ in range(cfg.warmup_steps):
+            tf.nest.map_structure(lambda t: t.numpy(), step())
+        seconds = []
+        for _ in range(cfg.steps):
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), step())  # waits for the device
+            seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def _training_runs(cfg: BenchmarkConfig, engine: Engine, precision: str, num_classes: int, memory_device):
+    from loops.ema import ExponentialMovingAverage
+    from loops.optimization import create_optimizer, learning_rate_schedule
+    from loops.steps import TrainState, make_train_step
+
+    strategy = engine.strategy
+    base = dataclasses.replace(cfg.train, precision=precision, train_batch_size=cfg.batch_sizes[0])
+    with strategy.scope():
+        model = _build_model(cfg, num_classes)
+        optimizer = create_optimizer(base, learning_rate_schedule(base, engine.num_replicas, 1000))
+        optimizer.build(model.trainable_variables)
+        ema = ExponentialMovingAverage(model, base.moving_average_decay, strategy) if base.use_ema else None
+    state = TrainState(model=model, optimizer=optimizer, ema=ema, engine=engine)
+    for bs in cfg.batch_sizes:
+        step_cfg = dataclasses.replace(base, train_batch_size=bs, grad_accum_steps=1)
+        train_step = make_train_step(state, step_cfg, mixup_alpha=0.0, cutmix_alpha=0.0)
+        iterator = _SyntheticIterator(strategy, bs, cfg.image_size, num_classes)
+        memory = MemoryPeak(memory_device)
+        seconds = _time_steps(lambda: train_step(iterator), cfg, memory)
+        yield bs, seconds, memory
+
+
+def _inference_runs(cfg: BenchmarkConfig, engine: Engine, precision: str, num_classes: int, memory_device):
+    strategy = engine.strategy
+    with strategy.scope():
+        model = _build_model(cfg, num_classes)
+    for bs in cfg.batch_sizes:
+        def replica(bs=bs):
+            # Runs on each replica's device, so the random batch is made where the model runs.
+            images = tf.random.uniform([bs, cfg.image_size, cfg.image_size, 3], 0.0, 255.0)
+            # A few bytes back to the host are enough to know the batch is done.
+            return tf.reduce_sum(tf.cast(model(images, training=False), tf.float32))
+
+        if cfg.train.use_xla:
+            replica = tf.function(replica, jit_compile=True)
+
+        @tf.function
+        def step(replica=replica):
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica), axis=None)
+
+        memory = MemoryPeak(memory_device)
+        seconds = _time_steps(step, cfg, memory)
+        yield bs, seconds, memory
+
+
+def _build_model(cfg: BenchmarkConfig, num_classes: int) -> keras.Model:
+    import efficientnet
+
+    return efficientnet.build_model(cfg.train.variant, num_classes, **cfg.train.model_overrides)
+
+
+def run_benchmark(cfg: BenchmarkConfig, engine: Engine) -> dict:
+    """Runs every (precision, batch size); prints one table per precision; writes and returns the JSON."""
+    from loops.training import set_precision
+
+    gpus = tf.config.list_logical_devices("GPU")
+    memory_device = "GPU:0" if gpus else None
+    num_classes = cfg.train.num_classes or 1000
+    runs = _training_runs if cfg.mode == "training_benchmark" else _inference_runs
+    replicas = engine.num_replicas
+    rows = []
+    for precision in cfg.precisions:
+        set_precision(precision)
+        keras.utils.set_random_seed(cfg.train.seed)
+        for bs, seconds, memory in runs(cfg, engine, precision, num_classes, memory_device):
+            lat = latency_percentiles(seconds)
+            global_batch = bs * replicas
+            row = {"precision": precision, "batch_size": bs, "global_batch_size": global_batch,
+                   "resolution": f"{cfg.image_size}x{cfg.image_size}",
+                   "throughput": global_batch * len(seconds) / float(np.sum(seconds)), **lat,
+                   "peak_memory_mib": memory.mib}
+            rows.append(row)
+            print(f"  {cfg.mode} {precision} batch {bs}: {row['throughput']:.2f} img/s, "
+                  f"avg {lat['latency_avg']:.2f} ms", flush=True)
+        # Leaves the global policy as it was found: later code in the process builds fp32 models.
+        set_precision("fp32")
+        keras.backend.clear_session()
+    result = {
+        "mode": cfg.mode, "model": f"efficientnet-{cfg.train.variant}", "num_classes": num_classes,
+        "device": gpus[0].name if gpus else "CPU", "replicas": replicas, "engine": engine.name,
+        "xla": cfg.train.use_xla, "steps": cfg.steps, "warmup_steps": cfg.warmup_steps,
+        "memory": MemoryPeak(memory_device).kind, "latency_unit": "ms per step (one batch per replica)",
+        "results": rows,
+    }
+    if engine.is_chief:
+        print(format_tables(result), flush=True)
+        out = cfg.output_path
+        if os.path.dirname(out):
+            tf.io.gfile.makedirs(os.path.dirname(out))
+        with tf.io.gfile.GFile(out, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"Benchmark results written to {out}", flush=True)
+        result["output"] = out
+    return result
+
+
+PRECISION_TITLES = {"fp32": "FP32", "tf32": "TF32", "amp_fp16": "FP16 (AMP)", "amp_bf16": "BF16 (AMP)"}
+COLUMNS = (("Batch size", "batch_size", "{}"), ("Resolution", "resolution", "{}"),
+           ("Throughput (img/s)", "throughput", "{:.2f}"), ("Latency Avg (ms)", "latency_avg", "{:.2f}"),
+           ("Latency 90% (ms)", "latency_90pct", "{:.2f}"), ("Latency 95% (ms)", "latency_95pct", "{:.2f}"),
+           ("Latency 99% (ms)", "latency_99pct", "{:.2f}"), ("Peak memory (MiB)", "peak_memory_mib", "{:.0f}"))
+
+
+def format_tables(result: dict) -> str:
+    """The reference's tables (one per precision) as Markdown, so they paste into docs unchanged."""
+    kind = "Training" if result["mode"] == "training_benchmark" else "Inference"
+    out = []
+    for precision in dict.fromkeys(r["precision"] for r in result["results"]):
+        out.append(f"\n{kind} performance: {result['model']} on {result['device']} x {result['replicas']}, "
+                   f"{PRECISION_TITLES[precision]}{', XLA' if result['xla'] else ''} "
+                   f"(memory: {result['memory']})\n")
+        out.append("| " + " | ".join(c[0] for c in COLUMNS) + " |")
+        out.append("|" + "|".join("---:" for _ in COLUMNS) + "|")
+        for r in result["results"]:
+            if r["precision"] == precision:
+                out.append("| " + " | ".join(fmt.format(r[key]) for _, key, fmt in COLUMNS) + " |")
+    return "\n".join(out)

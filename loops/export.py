@@ -1,0 +1,114 @@
+"""SavedModel export: two serving signatures that preprocess exactly as evaluation does.
+
+  serving_default (image_bytes: string [N])      encoded images of any TF-decodable format and size
+  serving_uint8   (images: uint8 [N, H, W, 3])   decoded pixels, one size per batch
+
+Both apply the evaluation centre crop (size / (size + 32) of the shorter side, or the run's own fraction) and
+resize, then return
+probabilities [N, C], top_k_class_ids [N, k], top_k_probabilities [N, k] and top_k_class_names [N, k].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import tensorflow as tf
+
+import input as data
+# The eval crop window and resize are private to input.preprocessing; reusing them (rather than restating
+# the formula) is what keeps the uint8 signature identical to evaluation.
+from input.preprocessing import _center_window, resize
+from loops.prediction import PREDICT_WEIGHTS
+from loops.restore import display_class_names, eval_crop_fraction, restore
+
+EXPORT_INFO = "export_info.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    ckpt: str
+    output: str
+    weights: str = "ema"  # falls back to raw, with a note, for a checkpoint without EMA weights
+    top_k: int = 5
+    img_size: int | None = None  # None: the run's evaluation size
+    resize_method: str | None = None  # None: the run's
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if not self.output:
+            raise ValueError("--output is required (the SavedModel directory to write)")
+        if self.weights not in PREDICT_WEIGHTS:
+            raise ValueError(f"--weights={self.weights!r}: must be one of {', '.join(PREDICT_WEIGHTS)}")
+        if self.top_k < 1:
+            raise ValueError(f"--top_k={self.top_k}: must be positive")
+        if self.img_size is not None and self.img_size < 1:
+            raise ValueError(f"--img_size={self.img_size}: must be positive")
+
+
+class ServingModule(tf.Module):
+    def __init__(self, model, class_names, image_size: int, resize_method: str, top_k: int,
+                 crop_fraction: float | None = None):
+        super().__init__(name="efficientnet_serving")
+        self.model = model
+        self.image_size, self.resize_method, self.crop_fraction = image_size, resize_method, crop_fraction
+        self.top_k = min(top_k, len(class_names))
+        self.class_names = tuple(class_names)
+        size = image_size
+        self.serve_bytes = tf.function(self._serve_bytes, input_signature=[tf.TensorSpec([None], tf.string)])
+        self.serve_uint8 = tf.function(self._serve_uint8,
+                                       input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+        self._pixel_spec = tf.TensorSpec([size, size, 3], tf.float32)
+
+    def _outputs(self, images):
+        probs = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32), axis=-1)
+        top_p, top_i = tf.math.top_k(probs, k=self.top_k)
+        return {"probabilities": probs, "top_k_class_ids": top_i, "top_k_probabilities": top_p,
+                "top_k_class_names": tf.gather(tf.constant(self.class_names, tf.string), top_i)}
+
+    def _serve_bytes(self, image_bytes):
+        images = tf.map_fn(lambda b: data.preprocess_for_eval(b, self.image_size, self.resize_method,
+                                                             self.crop_fraction),
+                           image_bytes, fn_output_signature=self._pixel_spec)
+        return self._outputs(images)
+
+    def _serve_uint8(self, images):
+        def one(img):
+            window = _center_window(tf.shape(img), self.image_size, self.crop_fraction)
+            return resize(tf.image.crop_to_bounding_box(img, *window), self.image_size, self.resize_method)
+
+        return self._outputs(tf.map_fn(one, images, fn_output_signature=self._pixel_spec))
+
+
+def export(cfg: ExportConfig) -> dict:
+    """Writes the SavedModel and export_info.json to cfg.output; returns that info."""
+    if tf.io.gfile.exists(cfg.output) and tf.io.gfile.listdir(cfg.output) and not cfg.overwrite:
+        raise FileExistsError(f"--output {cfg.output} exists and is not empty (pass --overwrite to replace it)")
+    restored = restore(cfg.ckpt, with_ema=cfg.weights == "ema")
+    weights = cfg.weights
+    if weights == "ema" and not restored.has_ema:
+        print(f"Checkpoint {restored.checkpoint_path} holds no EMA weights; exporting the raw ones.", flush=True)
+        weights = "raw"
+    if weights == "ema":
+        restored.use_ema_weights()
+    spec = restored.spec
+    size = cfg.img_size or spec.eval_img_size
+    method = cfg.resize_method or spec.resize_method
+    crop = eval_crop_fraction(spec)
+    module = ServingModule(restored.model, display_class_names(spec), size, method, cfg.top_k, crop)
+    if cfg.overwrite and tf.io.gfile.exists(cfg.output):
+        tf.io.gfile.rmtree(cfg.output)
+    tf.saved_model.save(module, cfg.output, signatures={
+        "serving_default": module.serve_bytes.get_concrete_function(),
+        "serving_uint8": module.serve_uint8.get_concrete_function(),
+    })
+    info = {"checkpoint": restored.checkpoint_path, "model": f"efficientnet-{spec.variant}",
+            "num_classes": spec.num_classes, "weights": weights, "image_size": size, "resize_method": method,
+            "eval_crop_fraction": crop, "top_k": module.top_k,
+            "signatures": {"serving_default": "image_bytes: string [N] (encoded images)",
+                           "serving_uint8": "images: uint8 [N, H, W, 3]"},
+            "outputs": ["probabilities", "top_k_class_ids", "top_k_probabilities", "top_k_class_names"]}
+    with tf.io.gfile.GFile(os.path.join(cfg.output, EXPORT_INFO), "w") as f:
+        json.dump(info, f, indent=1)
+    return info

@@ -1,0 +1,121 @@
+"""evaluate.py's work: restore a checkpoint and evaluate its raw and/or EMA weights with the training loop's
+own distributed evaluation (loops.training.evaluate_all), so both report the same numbers the same way."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import tensorflow as tf
+
+import input as data
+from input.config import DataConfig
+from loops.config import PRECISIONS, TrainConfig
+from loops.distribution import Engine
+from loops.restore import WEIGHTS, restore
+from loops.steps import TrainState, make_eval_step
+
+# The reference's metric names, in the order its README lists them (plus our average and median latency).
+METRICS = ("eval_loss", "eval_accuracy_top_1", "eval_accuracy_top_5", "avg_exp_per_second_eval",
+           "avg_exp_per_second_eval_per_GPU", "avg_time_per_exp_eval", "latency_avg", "latency_50pct",
+           "latency_90pct", "latency_95pct", "latency_99pct", "eval_examples")
+UNITS = {"avg_exp_per_second_eval": "img/s", "avg_exp_per_second_eval_per_GPU": "img/s",
+         "avg_time_per_exp_eval": "ms", "latency_avg": "ms per batch", "latency_50pct": "ms per batch",
+         "latency_90pct": "ms per batch", "latency_95pct": "ms per batch", "latency_99pct": "ms per batch"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    ckpt: str
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    weights: str = "both"
+    eval_batch_size: int = 32  # per replica
+    eval_img_size: int | None = None  # None: the size the run evaluated at (run_spec.json)
+    resize_method: str | None = None  # None: the run's
+    precision: str = "fp32"
+    output: str | None = None  # None: <model_dir>/eval-<ckpt-N>.json
+
+    def __post_init__(self):
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"--weights={self.weights!r}: must be one of {', '.join(WEIGHTS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision={self.precision!r}: must be one of {', '.join(PRECISIONS)}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"--eval_batch_size={self.eval_batch_size}: must be positive")
+        if self.eval_img_size is not None and self.eval_img_size < 1:
+            raise ValueError(f"--eval_img_size={self.eval_img_size}: must be positive")
+
+
+def evaluate_checkpoint(cfg: EvalConfig, engine: Engine) -> dict:
+    """Returns the flat metrics dict (raw names, `_ema` suffix for EMA) plus what was evaluated; writes it
+    as JSON (chief only) and returns the path under "results_json"."""
+    from loops.training import Run, evaluate_all, set_precision
+
+    set_precision(cfg.precision)
+    restored = restore(cfg.ckpt, engine.strategy, with_ema=cfg.weights != "raw")
+    spec = restored.spec
+    weights = cfg.weights
+    if not restored.has_ema:
+        if weights == "ema":
+            raise ValueError(f"--weights=ema, but checkpoint {restored.checkpoint_path} holds no EMA weights "
+                             f"(trained with --moving_average_decay=0); use --weights=raw")
+        if weights == "both":
+            print(f"Checkpoint {restored.checkpoint_path} holds no EMA weights; evaluating the raw ones only.",
+                  flush=True)
+            weights = "raw"
+    image_size = cfg.eval_img_size or spec.eval_img_size
+    data_cfg = dataclasses.replace(cfg.data, resize_method=cfg.resize_method or spec.resize_method)
+    info = data.open_dataset(data_cfg)
+    if info.num_classes > spec.num_classes:
+        raise ValueError(f"{info.description} has {info.num_classes} classes but the checkpoint's model has "
+                         f"{spec.num_classes} outputs; is --data_dir the dataset it was trained on?")
+    # evaluate_all reads only the evaluation fields of the run's TrainConfig, its engine, data and EMA.
+    train_cfg = TrainConfig(model_dir=restored.model_dir, data=data_cfg, variant=spec.variant,
+                            num_classes=spec.num_classes, model_overrides=dict(spec.model_overrides),
+                            precision=cfg.precision, eval_batch_size=cfg.eval_batch_size, eval_img_size=image_size,
+                            eval_weights=weights, moving_average_decay=0.5 if restored.has_ema else 0.0)
+    state = TrainState(model=restored.model, optimizer=None, ema=restored.ema, engine=engine)
+    run = Run(cfg=train_cfg, engine=engine, info=info, spec=spec, state=state, epoch=None, saver=None,
+              steps_per_epoch=0, reporter=None)
+    metrics = evaluate_all(run, make_eval_step(restored.model, engine))
+    results = {"checkpoint": restored.checkpoint_path, "model": f"efficientnet-{spec.variant}",
+               "data": info.description, "weights": weights, "eval_img_size": image_size,
+               "eval_batch_size": cfg.eval_batch_size, "replicas": engine.num_replicas, "precision": cfg.precision,
+               **metrics}
+    if engine.is_chief:
+        out = cfg.output or os.path.join(restored.model_dir,
+                                         f"eval-{os.path.basename(restored.checkpoint_path)}.json")
+        if os.path.dirname(out):
+            tf.io.gfile.makedirs(os.path.dirname(out))
+        with tf.io.gfile.GFile(out, "w") as f:
+            json.dump(results, f, indent=1)
+        results["results_json"] = out
+    return results
+
+
+def results_table(results: dict) -> str:
+    """One row per metric, one column per evaluated weight set."""
+    columns = [("raw", "")] if results["weights"] in ("raw", "both") else []
+    if results["weights"] in ("ema", "both"):
+        columns.append(("ema", "_ema"))
+    rows = [("metric", *(c for c, _ in columns), "unit")]
+    for name in METRICS:
+        if f"{name}{columns[0][1]}" not in results:
+            continue
+        cells = []
+        for _, suffix in columns:
+            v = results[f"{name}{suffix}"]
+            cells.append(f"{v:.5f}" if isinstance(v, float) else str(v))
+        rows.append((name, *cells, UNITS.get(name, "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"Evaluation of {results['checkpoint']} ({results['model']}, {results['eval_img_size']} px, "
+             f"batch {results['eval_batch_size']} x {results['replicas']} replica(s), {results['precision']})"]
+    for k, r in enumerate(rows):
+        lines.append("  " + "  ".join(c.ljust(w) if i == 0 or i == len(r) - 1 else c.rjust(w)
+                                      for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if k == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    if "best_weights" in results:
+        lines.append(f"  best: {results['best_weights']} weights, top-1 {results['best_eval_accuracy_top_1']:.5f}")
+    return "\n".join(lines)

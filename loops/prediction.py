@@ -1,0 +1,195 @@
+"""predict.py's work: image files -> top-k class names and probabilities, in file order.
+
+Images go through input.preprocess_for_eval (the evaluation centre crop and resize), decoded in parallel by
+tf.data. A file that does not decode is dropped there (ignore_errors) and noticed by its missing index, then
+decoded once more on its own to name the error; the other files are still predicted.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import re
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import input as data
+from loops.config import PRECISIONS
+from loops.evaluation import latency_percentiles
+from loops.restore import display_class_names, eval_crop_fraction, restore
+
+PREDICT_WEIGHTS = ("ema", "raw")
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    ckpt: str
+    image_dir: str | None = None
+    image: str | None = None
+    batch_size: int = 32
+    top_k: int = 5
+    weights: str | None = None  # None: EMA when the checkpoint has them, else raw
+    precision: str = "fp32"
+    img_size: int | None = None  # None: the run's evaluation size (run_spec.json)
+    resize_method: str | None = None  # None: the run's
+    output: str | None = "predictions.jsonl"  # .csv -> CSV, anything else JSON lines; None: not written
+
+    def __post_init__(self):
+        if (self.image_dir is None) == (self.image is None):
+            raise ValueError("pass exactly one of --image_dir and --image")
+        if self.batch_size < 1:
+            raise ValueError(f"--predict_batch_size={self.batch_size}: must be positive")
+        if self.top_k < 1:
+            raise ValueError(f"--top_k={self.top_k}: must be positive")
+        if self.weights is not None and self.weights not in PREDICT_WEIGHTS:
+            raise ValueError(f"--weights={self.weights!r}: must be one of {', '.join(PREDICT_WEIGHTS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision={self.precision!r}: must be one of {', '.join(PRECISIONS)}")
+        if self.img_size is not None and self.img_size < 1:
+            raise ValueError(f"--img_size={self.img_size}: must be positive")
+
+
+@dataclasses.dataclass
+class PredictResult:
+    rows: list[dict]  # one per file, in file order: {"file", "top_k": [...]} or {"file", "error"}
+    metrics: dict  # images, images_per_second, latency_* (ms per batch)
+    weights: str
+    output: str | None
+
+    @property
+    def errors(self) -> list[dict]:
+        return [r for r in self.rows if "error" in r]
+
+
+def list_images(cfg: PredictConfig) -> list[str]:
+    """--image, or every non-hidden file under --image_dir in sorted path order (non-images included, so
+    they are reported rather than silently passed over)."""
+    if cfg.image is not None:
+        if not os.path.isfile(cfg.image):
+            raise FileNotFoundError(f"--image {cfg.image} does not exist or is not a file")
+        return [cfg.image]
+    if not os.path.isdir(cfg.image_dir):
+        raise FileNotFoundError(f"--image_dir {cfg.image_dir} does not exist or is not a directory")
+    files = []
+    for root, dirs, names in os.walk(cfg.image_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [os.path.join(root, n) for n in names if not n.startswith(".")]
+    if not files:
+        raise FileNotFoundError(f"--image_dir {cfg.image_dir} holds no files to predict")
+    return sorted(files)
+
+
+def _decode_error(path: str, image_size: int, resize_method: str, crop: float | None) -> str:
+    try:
+        data.preprocess_for_eval(tf.io.read_file(path), image_size, resize_method, crop)
+    except (tf.errors.OpError, ValueError) as e:
+        text = (getattr(e, "message", None) or str(e)).strip()
+        # Drop TensorFlow's "{{function_node ...}}" prefix and "[Op:...]" suffix: the op name is noise here.
+        text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", text))
+        return text.splitlines()[0] if text else type(e).__name__
+    return "could not be decoded"
+
+
+def predict(cfg: PredictConfig) -> PredictResult:
+    from loops.training import set_precision
+
+    files = list_images(cfg)
+    set_precision(cfg.precision)
+    restored = restore(cfg.ckpt, with_ema=cfg.weights != "raw")
+    weights = cfg.weights or ("ema" if restored.has_ema else "raw")
+    if weights == "ema":
+        if not restored.has_ema:
+            raise ValueError(f"--weights=ema, but checkpoint {restored.checkpoint_path} holds no EMA weights; "
+                             "use --weights=raw")
+        restored.use_ema_weights()
+    spec, model = restored.spec, restored.model
+    names = display_class_names(spec)
+    size = cfg.img_size or spec.eval_img_size
+    method = cfg.resize_method or spec.resize_method
+    crop = eval_crop_fraction(spec)
+    k = min(cfg.top_k, spec.num_classes)
+    bs = cfg.batch_size
+
+    paths = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string)).enumerate()
+    images = paths.map(lambda i, p: (i, data.preprocess_for_eval(tf.io.read_file(p), size, method, crop)),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batches = images.ignore_errors().batch(bs).prefetch(2)
+
+    @tf.function(input_signature=[tf.TensorSpec([bs, size, size, 3], tf.float32)])
+    def infer(x):
+        return tf.nn.softmax(tf.cast(model(x, training=False), tf.float32), axis=-1)
+
+    # Every batch is padded to the traced shape, so this one warm-up call pays for all tracing.
+    infer(tf.zeros([bs, size, size, 3])).numpy()
+    probs_by_index: dict[int, np.ndarray] = {}
+    seconds = []
+    for idx, imgs in batches:
+        n = int(idx.shape[0])
+        if n < bs:
+            imgs = tf.concat([imgs, tf.zeros([bs - n, size, size, 3], imgs.dtype)], 0)
+        start = time.perf_counter()
+        probs = infer(imgs).numpy()  # .numpy() waits for the device
+        seconds.append(time.perf_counter() - start)
+        for j, i in enumerate(idx.numpy()):
+            probs_by_index[int(i)] = probs[j]
+
+    rows = []
+    for i, path in enumerate(files):
+        if i not in probs_by_index:
+            rows.append({"file": path, "error": _decode_error(path, size, method, crop)})
+            continue
+        p = probs_by_index[i]
+        top = np.argsort(-p, kind="stable")[:k]
+        rows.append({"file": path, "top_k": [{"class_id": int(c), "class_name": names[c],
+                                              "probability": float(p[c])} for c in top]})
+    n_ok = len(probs_by_index)
+    metrics = {"images": n_ok, "failed": len(files) - n_ok, "batch_size": bs, "image_size": size}
+    if seconds:
+        metrics["images_per_second"] = n_ok / sum(seconds)
+        metrics.update(latency_percentiles(seconds))
+    if cfg.output:
+        write_rows(rows, cfg.output)
+    return PredictResult(rows=rows, metrics=metrics, weights=weights, output=cfg.output)
+
+
+def write_rows(rows: list[dict], path: str):
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    if path.lower().endswith(".csv"):
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "rank", "class_id", "class_name", "probability", "error"])
+            for r in rows:
+                if "error" in r:
+                    w.writerow([r["file"], "", "", "", "", r["error"]])
+                for rank, t in enumerate(r.get("top_k", []), 1):
+                    w.writerow([r["file"], rank, t["class_id"], t["class_name"], f"{t['probability']:.6f}", ""])
+    else:
+        with open(path, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['file']}: ERROR (not an image TensorFlow can decode): {r['error']}")
+        else:
+            top = ", ".join(f"{t['class_name']} ({t['class_id']}) {t['probability']:.4f}" for t in r["top_k"])
+            lines.append(f"{r['file']}: {top}")
+    return "\n".join(lines)
+
+
+def format_metrics(metrics: dict) -> str:
+    if "images_per_second" not in metrics:
+        return f"No image was predicted ({metrics['failed']} failed)."
+    return (f"{metrics['images']} images ({metrics['failed']} failed), batch {metrics['batch_size']}, "
+            f"{metrics['image_size']} px: {metrics['images_per_second']:.2f} img/s; latency per batch (ms) "
+            f"avg {metrics['latency_avg']:.2f}, p50 {metrics['latency_50pct']:.2f}, "
+            f"p90 {metrics['latency_90pct']:.2f}, p95 {metrics['latency_95pct']:.2f}, "
+            f"p99 {metrics['latency_99pct']:.2f}")

@@ -1,0 +1,32 @@
+"""Shared fixtures: a tiny trained checkpoint (made once per session) and a runner for entry-point scripts."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(script, *args, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def run_script():
+    """run_script("evaluate.py", "--ckpt", d, ...) -> CompletedProcess (stdout, stderr, returncode)."""
+    return _run
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """model_dir of a 3-step B0 run on the embedded demo set (10 digit classes, 32 px) with EMA weights."""
+    model_dir = tmp_path_factory.mktemp("tiny_ckpt")
+    proc = _run("train.py", "--model_dir", model_dir, "--train_img_size", 32, "--eval_img_size", 32,
+                "--max_epochs", 1, "--warmup_epochs", 0, "--steps_per_epoch", 3, "--train_batch_size", 8,
+                "--eval_batch_size", 16, "--moving_average_decay", 0.99, "--mode", "train")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return str(model_dir)

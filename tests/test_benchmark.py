@@ -1,0 +1,58 @@
+"""The benchmark modes of train.py run at tiny sizes and write well-formed tables and JSON."""
+
+import json
+
+import pytest
+
+from loops.benchmark import COLUMNS, format_tables
+
+
+def _check(result, mode, precisions, batch_sizes, size):
+    assert result["mode"] == mode and result["steps"] == 3 and result["warmup_steps"] == 1
+    rows = result["results"]
+    assert [(r["precision"], r["batch_size"]) for r in rows] == [(p, b) for p in precisions for b in batch_sizes]
+    for r in rows:
+        assert r["resolution"] == f"{size}x{size}"
+        assert r["throughput"] > 0 and r["peak_memory_mib"] > 100
+        assert r["throughput"] == pytest.approx(1000.0 * r["batch_size"] / r["latency_avg"], rel=1e-6)
+        assert r["latency_99pct"] >= r["latency_95pct"] >= r["latency_90pct"] >= r["latency_50pct"] > 0
+
+
+def _table_rows(text):
+    return [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+
+
+@pytest.mark.slow
+def test_inference_benchmark_tables(run_script, tmp_path):
+    out = tmp_path / "inf.json"
+    proc = run_script("train.py", "--mode", "inference_benchmark", "--model_dir", tmp_path, "--eval_img_size", 32,
+                      "--benchmark_batch_sizes", "1,2", "--benchmark_precisions", "fp32,amp_bf16",
+                      "--benchmark_steps", 3, "--benchmark_warmup_steps", 1, "--benchmark_output", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    _check(result, "inference_benchmark", ["fp32", "amp_bf16"], [1, 2], 32)
+    assert "Inference performance" in proc.stdout and "FP32" in proc.stdout and "BF16 (AMP)" in proc.stdout
+    assert "| " + " | ".join(c[0] for c in COLUMNS) + " |" in proc.stdout
+    rows = _table_rows(proc.stdout)
+    assert len(rows) == 4 and all(len(r.split("|")) == len(COLUMNS) + 2 for r in rows)
+    assert format_tables(result) in proc.stdout
+
+
+@pytest.mark.slow
+def test_training_benchmark_table(run_script, tmp_path):
+    proc = run_script("train.py", "--mode", "training_benchmark", "--model_dir", tmp_path, "--train_img_size", 32,
+                      "--train_batch_size", 2, "--benchmark_precisions", "fp32", "--benchmark_steps", 3,
+                      "--benchmark_warmup_steps", 1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "training_benchmark.json").read_text())
+    _check(result, "training_benchmark", ["fp32"], [2], 32)
+    assert "Training performance" in proc.stdout and len(_table_rows(proc.stdout)) == 1
+
+
+def test_bad_benchmark_flags_name_the_flag(run_script, tmp_path):
+    proc = run_script("train.py", "--mode", "inference_benchmark", "--model_dir", tmp_path,
+                      "--benchmark_precisions", "fp64")
+    assert proc.returncode != 0 and "--benchmark_precisions" in proc.stderr
+    proc = run_script("train.py", "--mode", "inference_benchmark", "--model_dir", tmp_path,
+                      "--benchmark_batch_sizes", "1,x")
+    assert proc.returncode != 0 and "--benchmark_batch_sizes" in proc.stderr

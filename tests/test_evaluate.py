@@ -1,0 +1,134 @@
+"""evaluate.py: metrics against a hand computation on the same predictions, true latency percentiles,
+distributed evaluation counting every example once, and clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import input as data
+from input.config import DataConfig
+from loops.evaluation import EvalResult, latency_percentiles
+from loops.offline_evaluation import METRICS, results_table
+from loops.restore import restore
+
+
+def test_percentiles_are_true_percentiles_of_a_known_latency_list():
+    seconds = [i / 1000.0 for i in range(1, 101)]  # 1..100 ms
+    p = latency_percentiles(seconds)
+    assert p["latency_avg"] == pytest.approx(50.5)
+    assert p["latency_50pct"] == pytest.approx(50.5)
+    assert p["latency_90pct"] == pytest.approx(90.1)
+    assert p["latency_95pct"] == pytest.approx(95.05)
+    assert p["latency_99pct"] == pytest.approx(99.01)
+    # The reference's "p90" (mean of the fastest 90%) would be 45.5 ms, below the average.
+    assert p["latency_99pct"] >= p["latency_95pct"] >= p["latency_90pct"] >= p["latency_50pct"]
+    assert p["latency_90pct"] > p["latency_avg"]
+
+
+def test_eval_result_metrics_use_the_reference_names():
+    r = EvalResult(loss=1.0, top1=0.5, top5=0.9, count=40, batch_seconds=(0.1, 0.2, 0.3, 0.4), batch_size=10)
+    m = r.metrics(num_devices=2, suffix="_ema")
+    assert m["avg_exp_per_second_eval_ema"] == pytest.approx(40 / 1.0)
+    assert m["avg_exp_per_second_eval_per_GPU_ema"] == pytest.approx(20.0)
+    assert m["avg_time_per_exp_eval_ema"] == pytest.approx(25.0)  # ms per example
+    assert m["latency_90pct_ema"] == pytest.approx(370.0)
+    assert set(METRICS) <= {k[:-4] for k in m}
+
+
+def _hand_metrics(model, info, image_size):
+    """top-1/top-5/loss from the model's logits over every validation example, in numpy."""
+    ds = data.eval_records(info, DataConfig(), image_size=image_size).batch(64)
+    logits, labels = [], []
+    for images, labs in ds:
+        logits.append(model(images, training=False).numpy().astype(np.float64))
+        labels.append(labs.numpy())
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    order = np.argsort(-logits, axis=1)
+    top1 = np.mean(order[:, 0] == labels)
+    top5 = np.mean([lab in row[:5] for lab, row in zip(labels, order)])
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -np.mean(logp[np.arange(len(labels)), labels])
+    return len(labels), top1, top5, loss
+
+
+@pytest.mark.slow
+def test_evaluate_matches_a_hand_computation_for_raw_and_ema(tiny_checkpoint, run_script, tmp_path):
+    out = tmp_path / "eval.json"
+    proc = run_script("evaluate.py", "--ckpt", os.path.join(tiny_checkpoint, "ckpt-3"), "--eval_batch_size", 16,
+                      "--output", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in METRICS:
+        assert name in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["weights"] == "both" and res["eval_img_size"] == 32
+    assert res["best_weights"] in ("raw", "ema")
+
+    info = data.open_dataset(DataConfig())
+    restored = restore(tiny_checkpoint)
+    for suffix in ("", "_ema"):
+        if suffix:
+            restored.use_ema_weights()
+        n, top1, top5, loss = _hand_metrics(restored.model, info, 32)
+        assert n == info.num_eval_examples == res[f"eval_examples{suffix}"] == 359
+        assert res[f"eval_accuracy_top_1{suffix}"] == pytest.approx(top1, abs=1e-9)
+        assert res[f"eval_accuracy_top_5{suffix}"] == pytest.approx(top5, abs=1e-9)
+        assert res[f"eval_loss{suffix}"] == pytest.approx(loss, rel=1e-4)
+        assert res[f"avg_exp_per_second_eval{suffix}"] > 0
+        assert res[f"latency_99pct{suffix}"] >= res[f"latency_90pct{suffix}"] >= res[f"latency_50pct{suffix}"] > 0
+    best = max(res["eval_accuracy_top_1"], res["eval_accuracy_top_1_ema"])
+    assert res["best_eval_accuracy_top_1"] == best
+    assert "best:" in results_table(res)
+
+
+_TWO_REPLICAS = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from loops.distribution import mirrored_engine
+from loops.offline_evaluation import EvalConfig, evaluate_checkpoint
+engine = mirrored_engine(["/cpu:0", "/cpu:1"])
+res = evaluate_checkpoint(EvalConfig(ckpt=sys.argv[1], weights="raw", eval_batch_size=7, output=sys.argv[2]), engine)
+print(json.dumps({k: res[k] for k in ("replicas", "eval_examples", "eval_accuracy_top_1", "eval_accuracy_top_5")}))
+"""
+
+
+@pytest.mark.slow
+def test_evaluation_on_two_replicas_counts_every_example_once(tiny_checkpoint, tmp_path):
+    # 359 examples in global batches of 14: the last batch is padded, and padding must not count.
+    proc = subprocess.run([sys.executable, "-c", _TWO_REPLICAS, tiny_checkpoint, str(tmp_path / "e.json")],
+                          cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(proc.stdout.strip().splitlines()[-1])
+    info = data.open_dataset(DataConfig())
+    restored = restore(tiny_checkpoint, with_ema=False)
+    n, top1, top5, _ = _hand_metrics(restored.model, info, 32)
+    assert two["replicas"] == 2
+    assert two["eval_examples"] == n == 359
+    assert two["eval_accuracy_top_1"] == pytest.approx(top1, abs=1e-9)
+    assert two["eval_accuracy_top_5"] == pytest.approx(top5, abs=1e-9)
+
+
+def test_ckpt_pointing_nowhere_is_a_clear_error(run_script, tmp_path):
+    missing = tmp_path / "nothing-here"
+    proc = run_script("evaluate.py", "--ckpt", missing)
+    assert proc.returncode == 1
+    assert f"--ckpt {missing}" in proc.stderr and "not found" in proc.stderr
+
+
+def test_model_dir_without_checkpoint_is_a_clear_error(run_script, tmp_path):
+    proc = run_script("evaluate.py", "--ckpt", tmp_path)
+    assert proc.returncode == 1
+    assert f"no checkpoint in {tmp_path}" in proc.stderr
+
+
+def test_missing_ckpt_flag_is_a_usage_error(run_script):
+    proc = run_script("evaluate.py")
+    assert proc.returncode != 0 and "--ckpt is required" in proc.stderr
