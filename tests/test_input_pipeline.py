@@ -206,3 +206,15 @@ def test_no_validation_data_is_a_clear_error(tmp_path):
     info, cfg = open_dir(tmp_path, num_classes=2)
     with pytest.raises(ValueError, match="no evaluation data in tfrecord shards in"):
         I.eval_dataset(info, cfg, batch_size=2, image_size=32)
+
+
+def test_corrupt_image_file_in_folder_is_named(tmp_path):
+    testdata.make_image_folder(str(tmp_path), num_classes=2, train_per_class=2, val_per_class=2)
+    bad = tmp_path / "validation" / "class_1" / "img_009.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    info, cfg = open_dir(tmp_path)
+    assert info.num_eval_examples == 5
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"class_1/img_009.jpg\] \[record index\] \[0\]"):
+        list(I.eval_dataset(info, cfg, batch_size=2, image_size=32))
+    info, cfg = open_dir(tmp_path, skip_corrupt=True)
+    assert sum(float(m.numpy().sum()) for _, _, m in I.eval_dataset(info, cfg, batch_size=2, image_size=32)) == 4
