@@ -50,6 +50,11 @@ def _center_window(shape, image_size, crop_fraction=None):
     return (h - side + 1) // 2, (w - side + 1) // 2, side, side
 
 
+def center_crop_window(shape, image_size, crop_fraction=None):
+    """(offset_y, offset_x, height, width) of the eval centre crop for an image of `shape` (height, width, ...)."""
+    return _center_window(shape, image_size, crop_fraction)
+
+
 def decode_and_center_crop(image_bytes, image_size, crop_fraction=None):
     shape = _shape(image_bytes)
     return _crop(image_bytes, *_center_window(shape, image_size, crop_fraction))
