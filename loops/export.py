@@ -17,9 +17,9 @@ import os
 import tensorflow as tf
 
 import input as data
-# The eval crop window and resize are private to input.preprocessing; reusing them (rather than restating
-# the formula) is what keeps the uint8 signature identical to evaluation.
-from input.preprocessing import _center_window, resize
+# Reusing evaluation's own crop window and resize (rather than restating the formula) keeps the uint8
+# signature identical to evaluation.
+from input.preprocessing import center_crop_window, resize
 from loops.prediction import PREDICT_WEIGHTS
 from loops.restore import display_class_names, eval_crop_fraction, restore
 
@@ -75,7 +75,7 @@ class ServingModule(tf.Module):
 
     def _serve_uint8(self, images):
         def one(img):
-            window = _center_window(tf.shape(img), self.image_size, self.crop_fraction)
+            window = center_crop_window(tf.shape(img), self.image_size, self.crop_fraction)
             return resize(tf.image.crop_to_bounding_box(img, *window), self.image_size, self.resize_method)
 
         return self._outputs(tf.map_fn(one, images, fn_output_signature=self._pixel_spec))
