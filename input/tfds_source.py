@@ -10,18 +10,6 @@ import os
 from input.config import DataConfig, DatasetInfo, Shard
 
 
-def _ensure_importlib_resources() -> None:
-    """etils (under TFDS) imports the `importlib_resources` backport, which the pinned environment lacks;
-    the Python 3.9+ standard library module provides the same API (notably abc.Traversable)."""
-    import importlib.util
-    import sys
-
-    if "importlib_resources" not in sys.modules and importlib.util.find_spec("importlib_resources") is None:
-        import importlib.resources
-        import importlib.resources.abc
-
-        sys.modules["importlib_resources"] = importlib.resources
-
 EVAL_SPLITS = ("validation", "test")
 
 
@@ -39,7 +27,6 @@ def _what_to_put_where(name: str, data_dir: str, builder) -> str:
 
 
 def _builder(name: str, data_dir: str):
-    _ensure_importlib_resources()
     import tensorflow_datasets as tfds
 
     try:

@@ -26,6 +26,7 @@ class RunSpec:
     class_names: tuple[str, ...]
     eval_img_size: int
     resize_method: str = "bilinear"
+    eval_crop_fraction: float | None = None  # None: the reference's size / (size + 32)
 
     def build_model(self) -> keras.Model:
         return efficientnet.build_model(self.variant, self.num_classes, **self.model_overrides)

@@ -29,6 +29,17 @@ class Engine:
     def is_chief(self) -> bool:
         return self.worker_index == 0
 
+    def input_context(self, ctx: tf.distribute.InputContext) -> tf.distribute.InputContext:
+        """The shard of the data this process reads (Horovod replaces the strategy's single pipeline)."""
+        return ctx
+
+    def synchronize(self, variables):
+        """Make every process start from the same state (mirrored variables already are)."""
+
+    def reduce_sums(self, sums: dict) -> dict:
+        """Sums already reduced over this process's replicas, reduced over all processes."""
+        return sums
+
     def reduce_gradients(self, grads):
         # tf.distribute: the Keras optimizer all-reduces (SUM) when applied in a replica context.
         return grads
@@ -55,17 +66,67 @@ def _multi_worker_from_tf_config() -> tuple[int, int] | None:
     return workers, index
 
 
-def create_engine() -> Engine:
-    """One device, MirroredStrategy over all local GPUs, or MultiWorkerMirroredStrategy from TF_CONFIG."""
+ENGINES = ("auto", "tf_distribute", "horovod")
+
+
+def under_horovodrun() -> bool:
+    """horovodrun (Gloo) gives every rank HOROVOD_RANK and HOROVOD_SIZE (docs/horovod.md)."""
+    return bool(os.environ.get("HOROVOD_RANK") and os.environ.get("HOROVOD_SIZE"))
+
+
+def create_engine(engine: str = "auto", *, fp16_allreduce: bool = False, collective_timeout_s: float | None = None,
+                  sync_bn: bool = False) -> Engine:
+    """Horovod under horovodrun (or --engine horovod); else one device, MirroredStrategy over all local GPUs,
+    or MultiWorkerMirroredStrategy from TF_CONFIG."""
+    if engine not in ENGINES:
+        raise ValueError(f"--engine={engine!r}: must be one of {', '.join(ENGINES)}")
+    if engine == "horovod" or (engine == "auto" and under_horovodrun()):
+        if sync_bn:
+            # Keras's synchronized BatchNorm all-reduces through the tf.distribute replica context, which
+            # under Horovod spans one device: it would silently normalize per rank. Refuse instead.
+            raise ValueError("--mparams sync_bn=True is not supported with --engine horovod (Keras's "
+                             "synchronized BatchNorm only reduces within a tf.distribute strategy); drop "
+                             "sync_bn or use --engine tf_distribute (MirroredStrategy / TF_CONFIG)")
+        from loops.horovod_engine import HorovodEngine  # lazily: Horovod is optional
+        return HorovodEngine(fp16_allreduce=fp16_allreduce, timeout_s=collective_timeout_s)
+    if fp16_allreduce:
+        raise ValueError("--hvd_fp16_allreduce only applies to --engine horovod (run under horovodrun)")
     multi = _multi_worker_from_tf_config()
     if multi and multi[0] > 1:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        return Engine(strategy, "multi_worker_mirrored", num_workers=multi[0], worker_index=multi[1])
+        # Without a timeout a collective waits forever for a worker that died without closing its channel.
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        return MultiWorkerEngine(strategy, "multi_worker_mirrored", num_workers=multi[0], worker_index=multi[1])
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         return Engine(tf.distribute.MirroredStrategy([d.name for d in gpus]), "mirrored")
     device = gpus[0].name if gpus else "/cpu:0"
     return Engine(tf.distribute.OneDeviceStrategy(device), "one_device")
+
+
+class MultiWorkerEngine(Engine):
+    """MultiWorkerMirroredStrategy: variables are mirrored, but each worker restores its checkpoint on its
+    own; a non-shared or lagging --model_dir would let workers resume from different steps."""
+
+    def synchronize(self, variables):
+        # Broadcast the chief's values as a SUM all-reduce in which only the chief contributes.
+        strategy, keep = self.strategy, 1.0 if self.is_chief else 0.0
+        variables = list(variables)
+
+        def dtype_of(v):
+            return tf.float64 if v.dtype.is_integer else v.dtype  # counters < 2**53 round-trip exactly
+
+        @tf.function
+        def broadcast():
+            def replica_fn():
+                ctx = tf.distribute.get_replica_context()
+                return ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                      [tf.cast(tf.convert_to_tensor(v), dtype_of(v)) * keep for v in variables])
+            return strategy.run(replica_fn)
+
+        values = broadcast()
+        for v, value in zip(variables, values):
+            v.assign(tf.cast(strategy.experimental_local_results(value)[0], v.dtype))
 
 
 def mirrored_engine(devices: list[str]) -> Engine:

@@ -21,7 +21,7 @@ import input as data
 # signature identical to evaluation.
 from input.preprocessing import center_crop_window, resize
 from loops.prediction import PREDICT_WEIGHTS
-from loops.restore import display_class_names, eval_crop_fraction, restore
+from loops.restore import display_class_names, restore
 
 EXPORT_INFO = "export_info.json"
 
@@ -95,7 +95,7 @@ def export(cfg: ExportConfig) -> dict:
     spec = restored.spec
     size = cfg.img_size or spec.eval_img_size
     method = cfg.resize_method or spec.resize_method
-    crop = eval_crop_fraction(spec)
+    crop = spec.eval_crop_fraction
     module = ServingModule(restored.model, display_class_names(spec), size, method, cfg.top_k, crop)
     if cfg.overwrite and tf.io.gfile.exists(cfg.output):
         tf.io.gfile.rmtree(cfg.output)

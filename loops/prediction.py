@@ -20,7 +20,7 @@ import tensorflow as tf
 import input as data
 from loops.config import PRECISIONS
 from loops.evaluation import latency_percentiles
-from loops.restore import display_class_names, eval_crop_fraction, restore
+from loops.restore import display_class_names, restore
 
 PREDICT_WEIGHTS = ("ema", "raw")
 
@@ -110,7 +110,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     names = display_class_names(spec)
     size = cfg.img_size or spec.eval_img_size
     method = cfg.resize_method or spec.resize_method
-    crop = eval_crop_fraction(spec)
+    crop = spec.eval_crop_fraction
     k = min(cfg.top_k, spec.num_classes)
     bs = cfg.batch_size
 

@@ -72,13 +72,6 @@ def restore(ckpt: str, strategy: tf.distribute.Strategy | None = None, with_ema:
     return Restored(spec=spec, model=model, ema=ema, checkpoint_path=path, model_dir=model_dir)
 
 
-def eval_crop_fraction(spec: RunSpec) -> float | None:
-    """The centre-crop fraction the run evaluated with (None: the reference size / (size + 32)); older
-    run_spec.json files do not record it."""
-    return getattr(spec, "eval_crop_fraction", None)
-
-
-# ------------------------------------------------------------------------------------------ class names
 _WNID = re.compile(r"^n\d{8}$")
 
 

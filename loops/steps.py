@@ -43,7 +43,6 @@ def make_train_step(state: TrainState, cfg: TrainConfig, *, mixup_alpha: float, 
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     defer_mixing = cfg.augment.defer_img_mixing and (mixup_alpha > 0 or cutmix_alpha > 0)
 
-    @tf.function(jit_compile=cfg.use_xla)
     def forward_backward(images, labels):
         with tf.GradientTape() as tape:
             logits = tf.cast(model(images, training=True), tf.float32)
@@ -59,6 +58,11 @@ def make_train_step(state: TrainState, cfg: TrainConfig, *, mixup_alpha: float, 
         grads = tape.gradient(loss, variables)
         correct = _top_k_correct(tf.argmax(labels, -1), logits, 1)
         return grads, tf.reduce_sum(per_example), correct
+
+    if cfg.use_xla:
+        # Only the per-replica math is compiled; the gradient reduction stays outside XLA. Without XLA the
+        # function is inlined: a nested tf.function cannot hold synchronized BatchNorm's cross-replica sums.
+        forward_backward = tf.function(forward_backward, jit_compile=True)
 
     def replica_step(images, labels):
         if defer_mixing:
@@ -93,10 +97,9 @@ def make_train_step(state: TrainState, cfg: TrainConfig, *, mixup_alpha: float, 
         loss_sum, correct = strategy.run(replica_step, args=(images, labels))
         if state.ema is not None:
             state.ema.update(optimizer.iterations)
-        return {
-            "loss": strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None) / examples,
-            "top1": strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None) / examples,
-        }
+        sums = engine.reduce_sums({"loss": strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None),
+                                   "top1": strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)})
+        return {key: value / examples for key, value in sums.items()}
 
     return train_step
 
@@ -119,6 +122,7 @@ def make_eval_step(model: keras.Model, engine: Engine):
     @tf.function
     def eval_step(batch):
         sums = strategy.run(replica_step, args=batch)
-        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in sums.items()}
+        return engine.reduce_sums({k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                                   for k, v in sums.items()})
 
     return eval_step

@@ -51,12 +51,12 @@ def build_run(cfg: TrainConfig, engine: Engine) -> Run:
     reporter = Reporter(cfg.model_dir, enabled=engine.is_chief)
     info = data.open_dataset(cfg.data)
     num_classes = cfg.num_classes or info.num_classes
-    if num_classes < info.num_classes:
-        raise ValueError(f"--num_classes={num_classes} is smaller than the {info.num_classes} classes of "
-                         f"{info.description}")
+    if num_classes != info.num_classes:
+        raise ValueError(f"--num_classes={num_classes}, but {info.description} has {info.num_classes} classes")
     spec = checkpoints.RunSpec(variant=cfg.variant, num_classes=num_classes,
                                model_overrides=dict(cfg.model_overrides), class_names=tuple(info.class_names),
-                               eval_img_size=cfg.eval_img_size, resize_method=cfg.data.resize_method)
+                               eval_img_size=cfg.eval_img_size, resize_method=cfg.data.resize_method,
+                               eval_crop_fraction=info.eval_crop_fraction)
     previous = checkpoints.RunSpec.load(cfg.model_dir)
     if previous is not None:
         spec.check_compatible(previous, cfg.model_dir)
@@ -79,6 +79,8 @@ def build_run(cfg: TrainConfig, engine: Engine) -> Run:
         checkpoint.restore(latest).assert_existing_objects_matched()
         reporter.say(f"Resuming from {latest}: epoch {int(epoch.numpy())}, "
                      f"step {int(optimizer.iterations.numpy())}")
+    engine.synchronize(list(model.weights) + list(optimizer.variables) + [epoch]
+                       + (list(ema.shadows) if ema else []))
     if engine.is_chief:
         spec.save(cfg.model_dir)
     state = TrainState(model=model, optimizer=optimizer, ema=ema, engine=engine)
@@ -92,12 +94,14 @@ def _train_dataset(run: Run, stage: staging.Stage, epoch: int):
     global_batch = cfg.train_batch_size * run.engine.num_replicas
 
     def dataset_fn(ctx: tf.distribute.InputContext):
+        ctx = run.engine.input_context(ctx)
         # One pipeline per epoch, seeded by the epoch: a resumed run replays exactly the same batches.
         ds = data.train_dataset(run.info, cfg.data, aug,
                                 batch_size=ctx.get_per_replica_batch_size(global_batch) * cfg.grad_accum_steps,
                                 image_size=stage.image_size, input_context=ctx,
                                 seed=cfg.seed * 1_000_003 + epoch)
-        return ds.take(run.steps_per_epoch)
+        # One pipeline feeds every replica of its worker, one batch each per step.
+        return ds.take(run.steps_per_epoch * (ctx.num_replicas_in_sync // ctx.num_input_pipelines))
 
     return run.engine.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -107,6 +111,7 @@ def evaluate_weights(run: Run, eval_step, which: str) -> dict:
     global_batch = cfg.eval_batch_size * engine.num_replicas
 
     def dataset_fn(ctx):
+        ctx = engine.input_context(ctx)
         return data.eval_dataset(run.info, cfg.data, batch_size=ctx.get_per_replica_batch_size(global_batch),
                                  image_size=cfg.eval_img_size, input_context=ctx)
 
@@ -211,7 +216,8 @@ def _train_epoch(run: Run, train_step, stage: staging.Stage, epoch: int):
         if bar:
             bar.update(i + 1, [("loss", last["loss"]), ("top1", last["top1"]), ("lr", lr), ("img/s", speed)])
     elapsed = time.perf_counter() - start
-    reporter.record("epoch", int(optimizer.iterations.numpy()), {"epoch": epoch + 1, **last})
+    reporter.record("epoch", int(optimizer.iterations.numpy()),
+                    {"epoch": epoch + 1, "stage": stage.index + 1, "image_size": stage.image_size, **last})
     return images_per_step * (run.steps_per_epoch - 1), elapsed, last
 
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 import input as data
 from input import testdata
 from loops.export import ExportConfig, export
-from loops.restore import eval_crop_fraction, restore
+from loops.restore import restore
 
 
 @pytest.mark.slow
@@ -26,7 +26,7 @@ def test_exported_savedmodel_round_trips(tiny_checkpoint, tmp_path):
 
     r = restore(tiny_checkpoint)
     r.use_ema_weights()
-    crop = eval_crop_fraction(r.spec)
+    crop = r.spec.eval_crop_fraction
     x = tf.stack([data.preprocess_for_eval(tf.constant(b), 32, "bilinear", crop) for b in pngs + [jpg]])
     expected = tf.nn.softmax(r.model(x, training=False)).numpy()
 

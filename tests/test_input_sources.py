@@ -223,8 +223,6 @@ def test_any_prepared_tfds_image_classification_set(tmp_path):
 
     from input import tfds_source
 
-    tfds_source._ensure_importlib_resources()
-
     class TinyShapes(tfds.core.GeneratorBasedBuilder):
         """Feature names differ from imagenet2012's on purpose: they come from the supervised keys."""
         VERSION = tfds.core.Version("1.0.0")

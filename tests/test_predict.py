@@ -12,7 +12,7 @@ import tensorflow as tf
 import input as data
 from input import testdata
 from loops.prediction import PredictConfig, predict
-from loops.restore import display_class_names, eval_crop_fraction, imagenet_class_names, restore
+from loops.restore import display_class_names, imagenet_class_names, restore
 from loops.checkpoints import RunSpec
 
 
@@ -21,7 +21,7 @@ def _expected_probs(ckpt, path):
     r = restore(ckpt)
     r.use_ema_weights()
     x = data.preprocess_for_eval(tf.io.read_file(path), r.spec.eval_img_size, r.spec.resize_method,
-                                 eval_crop_fraction(r.spec))
+                                 r.spec.eval_crop_fraction)
     return tf.nn.softmax(r.model(x[None], training=False)).numpy()[0]
 
 

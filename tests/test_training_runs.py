@@ -1,0 +1,133 @@
+"""Whole training runs on the embedded demo dataset: resume, stages, replicas, and the command line."""
+
+import dataclasses
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from input.config import AugmentConfig
+from loops.config import TrainConfig
+from loops.distribution import Engine
+from loops.stages import plan_stages, stage_of_epoch
+from loops.training import train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def tiny_config(model_dir, **overrides) -> TrainConfig:
+    base = dict(model_dir=str(model_dir), train_img_size=32, eval_img_size=32, base_img_size=24,
+                train_batch_size=8, eval_batch_size=64, steps_per_epoch=3, max_epochs=2, warmup_epochs=1,
+                save_checkpoint_freq=1, log_steps=1, mode="train", moving_average_decay=0.99,
+                model_overrides={"dropout_rate": 0.0, "drop_connect_rate": 0.0})
+    return TrainConfig(**{**base, **overrides})
+
+
+def one_device():
+    return Engine(tf.distribute.OneDeviceStrategy("/cpu:0"), "one_device")
+
+
+def checkpoint_values(model_dir):
+    reader = tf.train.load_checkpoint(str(model_dir))
+    names = [n for n, _ in tf.train.list_variables(str(model_dir))
+             if n.startswith(("model/", "ema/", "optimizer/")) and "OPTIMIZER_SLOT" not in n]
+    return {n: reader.get_tensor(n) for n in names}
+
+
+def log_records(model_dir, kind):
+    lines = (pathlib.Path(model_dir) / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_stage_plan_follows_the_reference_formula():
+    cfg = tiny_config("/tmp/unused", n_stages=4, max_epochs=10, base_img_size=128, train_img_size=224,
+                      base_raug_magnitude=5, augment=AugmentConfig(raug_magnitude=15, mixup_alpha=0.2))
+    stages = plan_stages(cfg)
+    assert [s.image_size for s in stages] == [152, 176, 200, 224]
+    assert [(s.first_epoch, s.num_epochs) for s in stages] == [(0, 2), (2, 2), (4, 2), (6, 4)]
+    assert [s.raug_magnitude for s in stages] == [7.5, 10.0, 12.5, 15.0]
+    assert [s.mixup_alpha for s in stages] == pytest.approx([0.05, 0.1, 0.15, 0.2])
+    assert stage_of_epoch(stages, 5).index == 2 and stage_of_epoch(stages, 9).index == 3
+    single = plan_stages(tiny_config("/tmp/unused", n_stages=1, max_epochs=3))
+    assert [(s.image_size, s.num_epochs) for s in single] == [(32, 3)]
+
+
+@pytest.mark.slow
+def test_resume_after_a_lost_epoch_ends_with_the_same_weights_in_the_right_stage(tmp_path):
+    cfg = tiny_config(tmp_path / "whole", n_stages=2)
+    summary = train(cfg, one_device())
+    assert summary["epochs"] == 2 and summary["steps"] == 6
+    sizes = [(r["epoch"], r["stage"], r["image_size"]) for r in log_records(cfg.model_dir, "epoch")]
+    assert sizes == [(1, 1, 28), (2, 2, 32)]
+
+    # The same run, killed during epoch 2: its last complete checkpoint is the one after epoch 1.
+    resumed = dataclasses.replace(cfg, model_dir=str(tmp_path / "resumed"))
+    train(dataclasses.replace(resumed, max_epochs=2), one_device())
+    for name in os.listdir(resumed.model_dir):
+        if name.startswith("ckpt-6"):
+            os.remove(os.path.join(resumed.model_dir, name))
+    tf.compat.v1.train.update_checkpoint_state(resumed.model_dir, os.path.join(resumed.model_dir, "ckpt-3"))
+    os.remove(os.path.join(resumed.model_dir, "log.jsonl"))
+
+    summary = train(resumed, one_device())
+    assert summary["steps"] == 6
+    assert [(r["epoch"], r["stage"], r["image_size"]) for r in log_records(resumed.model_dir, "epoch")] == [(2, 2, 32)]
+    whole, again = checkpoint_values(cfg.model_dir), checkpoint_values(resumed.model_dir)
+    assert whole.keys() == again.keys() and len(whole) > 400
+    for name in whole:
+        np.testing.assert_allclose(again[name], whole[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
+def test_two_replicas_match_one_at_the_same_global_batch(tmp_path, run_script):
+    out = run_script("tests/replica_parity_probe.py", tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == [1, 2]
+    assert result["steps"] == [4, 4]
+    # Same data, same synchronized BatchNorm statistics: only summation order differs.
+    assert result["max_abs_diff"] < 1e-3 * result["max_abs_change"], result
+    assert result["max_abs_change"] > 1e-3 and result["compared"] > 400, result  # training moved the weights
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--train_batch_size", "0", "--train_batch_size=0: must be positive"),
+    ("--grad_accum_steps", "-2", "--grad_accum_steps=-2: must be positive"),
+    ("--max_epochs", "0", "--max_epochs=0: must be positive"),
+    ("--train_img_size", "0", "--train_img_size=0: must be positive"),
+    ("--arch", "efficientnet-b9", "unknown EfficientNet variant 'efficientnet-b9'"),
+    ("--mparams", "dropout=0.1", "unknown model parameter 'dropout'"),
+    ("--precision", "fp32", "--use_amp contradicts --precision=fp32"),
+])
+def test_bad_flags_stop_before_any_work_naming_the_flag(tmp_path, run_script, flag, value, message):
+    extra = ["--use_amp"] if flag == "--precision" else []
+    out = run_script("train.py", flag, value, *extra, "--model_dir", tmp_path, timeout=120)
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert not (tmp_path / "log.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_demo_training_learns_well_above_chance(tmp_path, run_script):
+    out = run_script("train.py", "--model_dir", tmp_path, *DEMO_FLAGS, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "embedded demo dataset" in out.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["best_eval_accuracy_top_1"] > 0.6  # 10 classes: chance is 0.1
+    assert summary["eval_examples"] == 359
+    assert tf.train.latest_checkpoint(str(tmp_path))
+    assert list((tmp_path / "tensorboard").iterdir())
+
+
+def _readme_demo_flags():
+    text = (ROOT / "README.md").read_text()
+    command = [line for line in text.splitlines() if "train.py" in line and line.startswith("    python3 -m venv")][0]
+    flags = command.split("train.py", 1)[1].split()
+    return [f for i, f in enumerate(flags)  # the test chooses the model_dir
+            if not f.startswith("--model_dir") and not (i and flags[i - 1] == "--model_dir")]
+
+
+DEMO_FLAGS = _readme_demo_flags() if "train.py" in (ROOT / "README.md").read_text() else []
