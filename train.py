@@ -1,6 +1,7 @@
 """Train (and evaluate) EfficientNet: `python train.py --data_dir ... --model_dir ...`; see --helpfull."""
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -20,13 +21,22 @@ def main(argv):
         bench = benchmark_flags.benchmark_config_from_flags(cfg) if cfg.mode.endswith("_benchmark") else None
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    from loops.distribution import create_engine
+    from loops.distribution import engine_for
+    try:
+        engine = engine_for(cfg)  # --engine: Horovod under horovodrun, else tf.distribute
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     if bench is not None:
         from loops.benchmark import run_benchmark
-        run_benchmark(bench, create_engine())
+        run_benchmark(bench, engine)
         return
+    from loops.safety import RUN_ERRORS
     from loops.training import train
-    train(cfg, create_engine())
+    try:
+        train(cfg, engine)
+    except RUN_ERRORS as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from absl import flags
 
 import efficientnet
 from input.config import AugmentConfig, DataConfig
-from loops.config import LR_DECAYS, MODES, OPTIMIZERS, PRECISIONS, TrainConfig
+from loops.config import ENGINES, LR_DECAYS, MODES, OPTIMIZERS, PRECISIONS, TrainConfig
 
 FLAGS = flags.FLAGS
 
@@ -68,6 +68,8 @@ def define_train_flags():
     flags.DEFINE_enum("eval_weights", "both", ["raw", "ema", "both"], "Weights evaluated during training.")
     flags.DEFINE_integer("epochs_between_evals", 1, "Evaluate every N epochs in train_and_eval.")
     flags.DEFINE_integer("save_checkpoint_freq", 10, "Save a checkpoint every N epochs (and at the end).")
+    flags.DEFINE_integer("save_checkpoint_steps", None, "Also save a checkpoint every N steps (long epochs).")
+    flags.DEFINE_integer("max_bad_steps", 20, "Stop after this many consecutive steps with a non-finite loss.")
     flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in --model_dir.")
     flags.DEFINE_integer("log_steps", 100, "Steps between logged training metrics.")
     flags.DEFINE_integer("seed", 0, "Random seed of weights, data order and augmentation.")
@@ -80,6 +82,13 @@ def define_train_flags():
     flags.DEFINE_float("base_mixup_alpha", 0.0, "Mixup alpha of the first stage.")
     flags.DEFINE_float("base_cutmix_alpha", 0.0, "CutMix alpha of the first stage.")
     flags.DEFINE_boolean("defer_img_mixing", False, "Mix images in the train step instead of the input pipeline.")
+    flags.DEFINE_enum("engine", "auto", list(ENGINES), "Parallel engine: horovod (one process per device, "
+                      "started by horovodrun) or tf_distribute (one device, all local GPUs, or TF_CONFIG "
+                      "workers). auto: horovod when horovodrun's HOROVOD_RANK/HOROVOD_SIZE are set.")
+    flags.DEFINE_boolean("hvd_fp16_allreduce", False, "Horovod: send gradients as float16 in the allreduce.")
+    flags.DEFINE_float("collective_timeout_s", None, "Seconds a cross-worker collective may wait before failing "
+                       "(TF_CONFIG workers: CommunicationOptions timeout; Horovod: HOROVOD_GLOO_TIMEOUT_SECONDS). "
+                       "Default: no bound for TF_CONFIG, Gloo's 30 s for Horovod.")
 
 
 def data_config_from_flags() -> DataConfig:
@@ -123,5 +132,8 @@ def train_config_from_flags() -> TrainConfig:
         label_smoothing=FLAGS.label_smoothing, moving_average_decay=FLAGS.moving_average_decay,
         epochs_between_evals=FLAGS.epochs_between_evals, eval_weights=FLAGS.eval_weights,
         save_checkpoint_freq=FLAGS.save_checkpoint_freq, keep_checkpoints=FLAGS.keep_checkpoints,
+        save_checkpoint_steps=FLAGS.save_checkpoint_steps, max_bad_steps=FLAGS.max_bad_steps,
         log_steps=FLAGS.log_steps, seed=FLAGS.seed,
+        engine=FLAGS.engine, hvd_fp16_allreduce=FLAGS.hvd_fp16_allreduce,
+        collective_timeout_s=FLAGS.collective_timeout_s,
     )

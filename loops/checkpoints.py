@@ -60,15 +60,10 @@ class RunSpec:
                     "--model_dir, or the same model settings to resume.")
 
 
-def make_checkpoint(model, optimizer=None, ema=None, epoch=None) -> tf.train.Checkpoint:
-    parts = {"model": model}
-    if optimizer is not None:
-        parts["optimizer"] = optimizer
-    if ema is not None:
-        parts["ema"] = ema
-    if epoch is not None:
-        parts["epoch"] = epoch
-    return tf.train.Checkpoint(**parts)
+def make_checkpoint(model, optimizer=None, ema=None, **counters: tf.Variable) -> tf.train.Checkpoint:
+    """model, optimizer (slots, step, loss scale), EMA shadows and progress counters (epoch, batch)."""
+    parts = {"model": model, "optimizer": optimizer, "ema": ema, **counters}
+    return tf.train.Checkpoint(**{k: v for k, v in parts.items() if v is not None})
 
 
 def resolve_checkpoint(path: str) -> str:

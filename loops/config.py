@@ -12,6 +12,7 @@ PRECISIONS = ("fp32", "tf32", "amp_fp16", "amp_bf16")
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 LR_DECAYS = ("cosine", "exponential")
 EVAL_WEIGHTS = ("raw", "ema", "both")
+ENGINES = ("auto", "tf_distribute", "horovod")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +61,15 @@ class TrainConfig:
     epochs_between_evals: int = 1
     eval_weights: str = "both"
     save_checkpoint_freq: int = 10  # epochs
+    save_checkpoint_steps: int | None = None  # also every N steps, for runs whose epochs are long
+    max_bad_steps: int = 20  # consecutive non-finite losses that stop the run
     keep_checkpoints: int = 3
     log_steps: int = 100
     seed: int = 0
+    # parallel engine (loops.distribution.create_engine)
+    engine: str = "auto"  # auto: horovod under horovodrun, else tf.distribute
+    hvd_fp16_allreduce: bool = False
+    collective_timeout_s: float | None = None  # None: collectives wait for their peers without a bound
 
     def __post_init__(self):
         def need(ok: bool, flag: str, value: Any, rule: str):
@@ -70,13 +77,16 @@ class TrainConfig:
                 raise ValueError(f"--{flag}={value!r}: {rule}")
 
         choices = [("mode", MODES), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS),
-                   ("lr_decay", LR_DECAYS), ("eval_weights", EVAL_WEIGHTS)]
+                   ("lr_decay", LR_DECAYS), ("eval_weights", EVAL_WEIGHTS), ("engine", ENGINES)]
         for name, allowed in choices:
             need(getattr(self, name) in allowed, name, getattr(self, name), f"must be one of {', '.join(allowed)}")
         for name in ["train_batch_size", "eval_batch_size", "train_img_size", "eval_img_size", "base_img_size",
                      "n_stages", "grad_accum_steps", "max_epochs", "epochs_between_evals",
                      "save_checkpoint_freq", "keep_checkpoints", "log_steps"]:
             need(getattr(self, name) > 0, name, getattr(self, name), "must be positive")
+        need(self.save_checkpoint_steps is None or self.save_checkpoint_steps > 0, "save_checkpoint_steps",
+             self.save_checkpoint_steps, "must be positive")
+        need(self.max_bad_steps > 0, "max_bad_steps", self.max_bad_steps, "must be positive")
         need(self.steps_per_epoch is None or self.steps_per_epoch > 0, "steps_per_epoch", self.steps_per_epoch,
              "must be positive")
         need(self.num_classes is None or self.num_classes > 0, "num_classes", self.num_classes, "must be positive")
@@ -94,6 +104,10 @@ class TrainConfig:
              f"cannot exceed --max_epochs={self.max_epochs} (every stage needs an epoch)")
         need(self.n_stages == 1 or self.base_img_size <= self.train_img_size, "base_img_size",
              self.base_img_size, f"must not exceed --train_img_size={self.train_img_size}")
+        need(self.collective_timeout_s is None or self.collective_timeout_s > 0, "collective_timeout_s",
+             self.collective_timeout_s, "must be positive")
+        need(not self.hvd_fp16_allreduce or self.engine != "tf_distribute", "hvd_fp16_allreduce",
+             self.hvd_fp16_allreduce, "only applies to --engine horovod, not --engine tf_distribute")
         need(self.eval_weights == "raw" or self.moving_average_decay > 0, "eval_weights", self.eval_weights,
              "needs EMA weights, but --moving_average_decay=0 disables them")
 

@@ -1,0 +1,158 @@
+"""Faults caused for real against real train.py processes: signals, kills, NaNs, a full disk, a second run."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# 2 epochs x 6 steps of B0 at 32 px on the demo set, no dropout so runs are comparable bit for bit.
+TINY = ["--train_img_size", "32", "--eval_img_size", "32", "--train_batch_size", "8", "--steps_per_epoch", "6",
+        "--max_epochs", "2", "--warmup_epochs", "1", "--mode", "train", "--log_steps", "1",
+        "--moving_average_decay", "0.99", "--mparams", "dropout_rate=0,drop_connect_rate=0"]
+
+
+def start(model_dir, *extra):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen([sys.executable, "train.py", "--model_dir", str(model_dir), *TINY, *extra], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=600):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def train_records(model_dir):
+    path = pathlib.Path(model_dir) / "log.jsonl"
+    if not path.exists():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == "train"]
+
+
+def wait_for(predicate, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def final_state(model_dir):
+    reader = tf.train.load_checkpoint(str(model_dir))
+    return {n: reader.get_tensor(n) for n, _ in tf.train.list_variables(str(model_dir))
+            if n.startswith(("model/", "ema/", "optimizer/", "epoch", "batch_in_epoch"))}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("uninterrupted")
+    code, _, err = finish(start(model_dir))
+    assert code == 0, err[-3000:]
+    return final_state(model_dir)
+
+
+def assert_same_state(state, expected):
+    assert state.keys() == expected.keys() and len(state) > 400
+    for name in expected:
+        np.testing.assert_allclose(state[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, uninterrupted, signum):
+    proc = start(tmp_path)
+    wait_for(lambda: len(train_records(tmp_path)) >= 3, proc)
+    proc.send_signal(signum)
+    code, out, _ = finish(proc)
+    assert code == 75
+    assert f"Stopped by {signal.Signals(signum).name}" in out
+    stopped_at = tf.train.load_checkpoint(str(tmp_path)).get_tensor("batch_in_epoch/.ATTRIBUTES/VARIABLE_VALUE")
+    assert 3 <= stopped_at < 12  # a step after the signal, not an epoch boundary's worth later
+    code, out, err = finish(start(tmp_path))
+    assert code == 0, err[-3000:]
+    assert "Resuming from" in out
+    assert_same_state(final_state(tmp_path), uninterrupted)  # same step, same LR schedule, same EMA
+
+
+@pytest.mark.slow
+def test_sigkill_while_checkpointing_every_step_resumes_from_the_last_complete_checkpoint(tmp_path, uninterrupted):
+    proc = start(tmp_path, "--save_checkpoint_steps", "1")
+    wait_for(lambda: len(train_records(tmp_path)) >= 4, proc)
+    time.sleep(np.random.default_rng().uniform(0.0, 0.5))  # anywhere in the next steps, mid-write included
+    proc.kill()
+    proc.wait()
+    logged = len(train_records(tmp_path))
+    code, out, err = finish(start(tmp_path, "--save_checkpoint_steps", "1"))
+    assert code == 0, err[-3000:]
+    resumed_step = int(out.split("Resuming from", 1)[1].split("step ", 1)[1].split()[0])
+    assert resumed_step >= logged - 1  # at most one checkpoint interval (one step) was lost
+    assert_same_state(final_state(tmp_path), uninterrupted)
+
+
+@pytest.mark.slow
+def test_persistent_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path):
+    code, _, err = finish(start(tmp_path, "--max_epochs", "1", "--optimizer", "sgd"))
+    assert code == 0, err[-3000:]
+    good = tf.train.latest_checkpoint(str(tmp_path))
+    good_files = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name.startswith("ckpt")}
+    # Same run, continued for a second epoch with a learning rate that blows the weights up.
+    code, _, err = finish(start(tmp_path, "--max_epochs", "2", "--optimizer", "sgd", "--lr_init", "1e9",
+                                "--max_bad_steps", "2"))
+    assert code == 1
+    assert "consecutive steps, up to step" in err and "epoch 2" in err
+    assert tf.train.latest_checkpoint(str(tmp_path)) == good
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name.startswith("ckpt")} == good_files
+
+
+@pytest.mark.slow
+def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # Room for one checkpoint of this model (about 65 MB with optimizer slots and EMA), not for two.
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        code, out, err = finish(start(disk, "--save_checkpoint_freq", "1", "--keep_checkpoints", "5"))
+        assert code == 1
+        assert "could not write a checkpoint to --model_dir" in err and "is intact" in err
+        assert tf.train.latest_checkpoint(str(disk)).endswith("ckpt-6")
+        assert final_state(disk)["epoch/.ATTRIBUTES/VARIABLE_VALUE"] == 1  # the first epoch's checkpoint reads
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_unwritable_model_dir_is_refused_at_start(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    code, _, err = finish(start(blocker / "run"), timeout=120)
+    assert code == 1
+    assert f"--model_dir {blocker / 'run'} is not writable" in err
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_model_dir_is_refused_until_the_first_dies(tmp_path):
+    first = start(tmp_path, "--max_epochs", "50")
+    wait_for(lambda: len(train_records(tmp_path)) >= 1, first)
+    code, _, err = finish(start(tmp_path), timeout=120)
+    assert code == 1
+    assert "is in use by another training run (pid" in err and str(first.pid) in err
+    first.kill()
+    first.wait()
+    # The kernel released the dead run's lock: the next run starts (and resumes) at once.
+    logged = len(train_records(tmp_path))
+    third = start(tmp_path, "--max_epochs", "50")
+    wait_for(lambda: len(train_records(tmp_path)) > logged, third)
+    third.kill()
+    third.wait()
