@@ -156,3 +156,43 @@ def test_a_second_run_on_the_same_model_dir_is_refused_until_the_first_dies(tmp_
     wait_for(lambda: len(train_records(tmp_path)) > logged, third)
     third.kill()
     third.wait()
+
+
+def _encoded(mode, size, fmt):
+    import io
+
+    from PIL import Image
+    rng = np.random.default_rng(sum(size))
+    channels = {"L": 1, "RGB": 3, "RGBA": 4, "CMYK": 4}[mode]
+    arr = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    image = Image.fromarray(arr[..., 0] if channels == 1 else arr, mode=mode if mode != "CMYK" else None)
+    if mode == "CMYK":
+        image = Image.frombytes("CMYK", size, arr.tobytes())
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_odd_images_and_an_empty_shard_decode_to_three_channels_in_train_and_eval(tmp_path):
+    import input as data
+    from input import testdata
+
+    odd = [(_encoded("L", (40, 30), "JPEG"), 1),        # grayscale
+           (_encoded("CMYK", (40, 30), "JPEG"), 2),     # CMYK JPEG
+           (_encoded("RGBA", (40, 30), "PNG"), 1),      # alpha channel
+           (_encoded("RGB", (1, 1), "JPEG"), 2),        # 1x1
+           (_encoded("RGB", (4000, 3000), "JPEG"), 1)]  # huge (12 Mpx)
+    testdata.write_shards(str(tmp_path), "train", [odd, []])  # the second shard is empty
+    testdata.write_shards(str(tmp_path), "validation", [odd, []])
+    cfg = data.DataConfig(data_dir=str(tmp_path))
+    info = data.open_dataset(cfg)
+    assert (info.num_train_examples, info.num_eval_examples, info.num_classes) == (5, 5, 2)
+    images, labels = next(iter(data.train_dataset(info, cfg, data.AugmentConfig(augmenter_name="autoaugment"),
+                                                  batch_size=5, image_size=32, seed=1)))
+    assert images.shape == (5, 32, 32, 3) and np.isfinite(images.numpy()).all()
+    np.testing.assert_array_equal(labels.numpy().sum(1), 1.0)  # one-hot rows of the 2 classes
+    seen = []
+    for images, labels, mask in data.eval_dataset(info, cfg, batch_size=4, image_size=32):
+        assert images.shape[1:] == (32, 32, 3) and np.isfinite(images.numpy()).all()
+        seen += labels.numpy()[mask.numpy() > 0].tolist()
+    assert sorted(seen) == [0, 0, 0, 1, 1]
