@@ -12,8 +12,8 @@ import keras
 import tensorflow as tf
 
 import input as data
-from input.config import AugmentConfig
 from loops import checkpoints, stages as staging
+from loops.advice import slowdown_warnings
 from loops.config import TrainConfig
 from loops.distribution import Engine
 from loops.ema import ExponentialMovingAverage
@@ -189,6 +189,8 @@ def _run(run: Run, stop: StopRequest) -> dict:
                         "global batch": global_batch_size(cfg, engine.num_replicas),
                         "steps per epoch": run.steps_per_epoch, "precision": cfg.precision,
                         "xla": cfg.use_xla}, "Run"))
+    for note in slowdown_warnings(cfg):
+        reporter.say(f"Warning: {note}")
     summary: dict = {}
     if cfg.mode == "eval":
         summary.update(evaluate_all(run, eval_step))

@@ -175,3 +175,12 @@ def test_deferred_mixing_in_the_step_uses_soft_labels(tmp_path):
     images, labels = _batch(8)
     out = step(iter(tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)))
     assert np.isfinite(float(out["loss"]))
+
+
+def test_cpu_slowdown_warnings_name_the_flag(tmp_path):
+    from loops.advice import slowdown_warnings
+    cfg = _cfg(tmp_path, use_xla=True, precision="amp_bf16")
+    notes = slowdown_warnings(cfg, has_gpu=False)
+    assert len(notes) == 2 and notes[0].startswith("--use_xla") and notes[1].startswith("--precision amp_bf16")
+    assert slowdown_warnings(cfg, has_gpu=True) == []
+    assert slowdown_warnings(_cfg(tmp_path), has_gpu=False) == []
