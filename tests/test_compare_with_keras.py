@@ -1,0 +1,18 @@
+"""The side-by-side benchmark against Keras Applications runs and prints a well-formed ratio table."""
+
+import re
+
+import pytest
+
+
+@pytest.mark.slow
+def test_comparison_table_at_tiny_size(run_script):
+    out = run_script("scripts/compare_with_keras.py", "--image_size", 32, "--batch_size", 4, "--steps", 2,
+                     "--warmup_steps", 1, "--latency_calls", 5, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = re.findall(r"^\| (training img/s|batch-1 latency p50 ms|batch-1 latency p99 ms)[^|]*\| ([\d.]+) \| "
+                      r"([\d.]+) \| ([\d.]+) \|", out.stdout, re.M)
+    assert [r[0] for r in rows] == ["training img/s", "batch-1 latency p50 ms", "batch-1 latency p99 ms"]
+    for _, base, ours, ratio in rows:
+        assert float(base) > 0 and float(ours) > 0
+        assert float(ratio) == pytest.approx(float(ours) / float(base), abs=0.01)
