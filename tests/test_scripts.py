@@ -1,0 +1,223 @@
+"""scripts/: the recipe layout, the reference's hyperparameters in every full-size command (DRY_RUN=1, no Python),
+and every recipe run for real in smoke mode (SMOKE=1: demo data, 32 px, 2 steps, CPU), asserting exit codes and
+the files each leaves behind."""
+
+import concurrent.futures
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "scripts" / "recipes"
+MODELS = ("B0", "B4")
+PRECISIONS = ("AMP", "TF32", "FP32")
+GPUS = ("A100-80G", "V100-32G")
+# The reference's batch per GPU (docs/recipes.md) and resolution.
+BATCH = {("B0", "A100-80G"): 1024, ("B0", "V100-32G"): 512, ("B4", "A100-80G"): 160, ("B4", "V100-32G"): 64}
+SIZE = {"B0": 224, "B4": 380}
+PRECISION_FLAG = {"AMP": "amp_fp16", "TF32": "tf32", "FP32": "fp32"}
+
+
+def _expected_recipes():
+    out = []
+    for m in MODELS:
+        for p in PRECISIONS:
+            for g in GPUS:
+                out += [f"{m}/training/{p}/convergence_8x{g}.sh", f"{m}/training/{p}/train_benchmark_8x{g}.sh",
+                        f"{m}/evaluation/evaluation_{p}_8x{g}.sh"]
+            out.append(f"{m}/inference/inference_{p}.sh")
+    return sorted(out)
+
+
+ALL_RECIPES = _expected_recipes()
+SHELL_FILES = sorted(str(p.relative_to(ROOT)) for p in [*RECIPES.rglob("*.sh"), *(ROOT / "scripts" / "slurm").iterdir(),
+                                                         ROOT / "scripts" / "ci_start_slurm.sh"])
+
+
+def _run(rel, env=None, args=(), timeout=60):
+    return subprocess.run(["bash", str(RECIPES / rel), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHON": sys.executable, **(env or {})})
+
+
+def _kind(rel):
+    """(kind, model, precision, gpu) from a recipe's path."""
+    m = re.fullmatch(r"(B\d)/(?:training/(\w+)/(convergence|train_benchmark)_8x([\w-]+)|evaluation/evaluation_(\w+)_8x"
+                     r"([\w-]+)|inference/inference_(\w+))\.sh", rel)
+    model = m.group(1)
+    if m.group(3):
+        return ("convergence" if m.group(3) == "convergence" else "benchmark"), model, m.group(2), m.group(4)
+    if m.group(5):
+        return "evaluation", model, m.group(5), m.group(6)
+    return "inference", model, m.group(7), None
+
+
+def test_layout_is_the_references_and_every_recipe_is_executable():
+    actual = sorted(str(p.relative_to(RECIPES)) for p in RECIPES.rglob("*.sh") if p.name != "common.sh")
+    assert actual == ALL_RECIPES
+    for rel in ALL_RECIPES:
+        assert os.access(RECIPES / rel, os.X_OK), rel
+    for sub in ("run_B0_multinode.sub", "run_B4_multinode.sub"):
+        assert os.access(ROOT / "scripts" / "slurm" / sub, os.X_OK)
+
+
+@pytest.mark.parametrize("rel", SHELL_FILES)
+def test_every_script_parses(rel):
+    proc = subprocess.run(["bash", "-n", rel], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("rel", ALL_RECIPES)
+def test_each_recipe_is_a_call_of_the_shared_launcher_naming_what_its_path_says(rel):
+    kind, model, prec, gpu = _kind(rel)
+    body = [l for l in (RECIPES / rel).read_text().splitlines() if l.strip() and not l.startswith("#")]
+    main = {"convergence": f"recipe_main train {model} {prec} {gpu} convergence",
+            "benchmark": f"recipe_main train {model} {prec} {gpu} benchmark",
+            "evaluation": f"recipe_main eval {model} {prec} {gpu}",
+            "inference": f"recipe_main infer {model} {prec}"}[kind]
+    assert len(body) == 2 and body[0].startswith("source ") and body[0].endswith('common.sh"'), body
+    assert body[1] == main + ' "$@"'
+
+
+def _dry_run(rel, env=None, args=()):
+    proc = _run(rel, {"DRY_RUN": "1", **(env or {})}, args)
+    assert proc.returncode == 0, proc.stderr
+    line = [l for l in proc.stderr.splitlines() if l.startswith("+ ")]
+    assert len(line) == 1, proc.stderr
+    return line[0][2:].split()
+
+
+def _flag(cmd, name):
+    assert cmd.count(name) >= 1, (name, cmd)
+    return cmd[len(cmd) - 1 - cmd[::-1].index(name) + 1]   # the last occurrence wins in absl
+
+
+@pytest.mark.parametrize("rel", ALL_RECIPES)
+def test_full_size_command_has_the_references_hyperparameters(rel):
+    kind, model, prec, gpu = _kind(rel)
+    devices, *cmd = _dry_run(rel, {"OUTPUT_DIR": "/results"})
+    # Training uses the 8 GPUs of the recipe's name (NUM_GPUS default); evaluation and inference one.
+    assert devices == ("CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7" if kind in ("convergence", "benchmark")
+                       else "CUDA_VISIBLE_DEVICES=0")
+    assert cmd[0] == sys.executable
+    assert _flag(cmd, "--precision") == PRECISION_FLAG[prec]
+    if kind in ("convergence", "benchmark"):
+        assert cmd[1] == "train.py"
+        assert _flag(cmd, "--arch") == f"efficientnet-{model.lower()}"
+        assert _flag(cmd, "--train_batch_size") == str(BATCH[model, gpu])
+        assert _flag(cmd, "--train_img_size") == _flag(cmd, "--eval_img_size") == str(SIZE[model])
+        assert _flag(cmd, "--data_dir") == "/data"
+        assert "--use_xla" in cmd
+        for name, value in [("--lr_init", "0.005"), ("--max_epochs", "500"), ("--warmup_epochs", "5"),
+                            ("--optimizer", "rmsprop"), ("--lr_decay", "cosine"), ("--label_smoothing", "0.1"),
+                            ("--moving_average_decay", "0.9999"), ("--weight_decay", "5e-6"),
+                            ("--augmenter_name", "autoaugment")]:
+            assert _flag(cmd, name) == value, name
+        if model == "B4":
+            assert _flag(cmd, "--mixup_alpha") == "0.2" and "--defer_img_mixing" in cmd
+        else:
+            assert "--mixup_alpha" not in cmd
+        if kind == "convergence":
+            assert _flag(cmd, "--mode") == "train_and_eval"
+            assert _flag(cmd, "--model_dir") == f"/results/{model}/{prec}_8x{gpu}"
+        else:
+            assert _flag(cmd, "--mode") == "training_benchmark"
+            assert _flag(cmd, "--benchmark_precisions") == PRECISION_FLAG[prec]
+            assert _flag(cmd, "--benchmark_batch_sizes") == str(BATCH[model, gpu])
+    elif kind == "evaluation":
+        assert cmd[1] == "evaluate.py"
+        # Evaluates the convergence recipe's model dir, both raw and EMA weights (the reference: raw only).
+        assert _flag(cmd, "--ckpt") == f"/results/{model}/{prec}_8x{gpu}" and _flag(cmd, "--weights") == "both"
+        assert _flag(cmd, "--eval_batch_size") == str(BATCH[model, gpu])
+    else:
+        assert cmd[1] == "predict.py"
+        assert _flag(cmd, "--image_dir") == "/infer_data/images"
+        assert _flag(cmd, "--ckpt") == f"/results/{model}/{prec}_8xA100-80G"
+
+
+def test_environment_overrides_and_appended_flags():
+    rel = "B0/training/AMP/convergence_8xA100-80G.sh"
+    cmd = _dry_run(rel, {"DATA_DIR": "/imagenet", "MODEL_DIR": "/ckpt/b0", "NUM_GPUS": "2", "XLA": "0"},
+                   ["--max_epochs", "350"])
+    assert cmd[0] == "CUDA_VISIBLE_DEVICES=0,1"
+    assert _flag(cmd, "--data_dir") == "/imagenet" and _flag(cmd, "--model_dir") == "/ckpt/b0"
+    assert _flag(cmd, "--max_epochs") == "350" and "--use_xla" not in cmd
+    # An explicit device choice is kept.
+    assert _dry_run(rel, {"CUDA_VISIBLE_DEVICES": "3", "NUM_GPUS": "1"})[0] == "CUDA_VISIBLE_DEVICES=3"
+    hvd = _dry_run(rel, {"ENGINE": "horovod", "NUM_GPUS": "4"})
+    assert hvd[0].endswith("horovodrun") and hvd[1:6] == ["-np", "4", "-H", "localhost:4", "--gloo"]
+    assert hvd[6] == sys.executable and hvd[7] == "train.py"
+    for env, message in [({"NUM_GPUS": "eight"}, "NUM_GPUS must be a positive integer"),
+                         ({"ENGINE": "mpi"}, "ENGINE must be tf_distribute or horovod")]:
+        proc = _run(rel, {"DRY_RUN": "1", **env})
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_smoke_command_is_cpu_sized_fp32_without_xla():
+    cmd = _dry_run("B4/training/AMP/convergence_8xA100-80G.sh", {"SMOKE": "1", "OUTPUT_DIR": "/o"})
+    assert cmd[0] == sys.executable and "--data_dir" not in cmd and "--use_xla" not in cmd
+    assert _flag(cmd, "--precision") == "fp32" and _flag(cmd, "--train_img_size") == "32"
+    assert _flag(cmd, "--steps_per_epoch") == "2" and _flag(cmd, "--model_dir") == "/o/smoke/B4"
+    # The recipe's model and augmentation are kept.
+    assert _flag(cmd, "--arch") == "efficientnet-b4" and _flag(cmd, "--mixup_alpha") == "0.2"
+
+
+# --- Every recipe, run for real in smoke mode -------------------------------------------------------------------
+
+def _smoke_files(out, rel):
+    kind, model, prec, gpu = _kind(rel)
+    base = out / "smoke" / model
+    return {"convergence": [base / "checkpoint", base / "ckpt-2.index", base / "summary.json"],
+            "benchmark": [base / f"train_benchmark_{prec}_8x{gpu}" / "training_benchmark.json"],
+            "evaluation": [base / f"evaluation_{prec}_8x{gpu}.json"],
+            "inference": [base / f"predictions_{prec}.jsonl"]}[kind]
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """Runs all recipes with SMOKE=1, two at a time (2 cores): per model, the convergence recipes in turn (the
+    first trains, the rest resume the finished run from the shared smoke model dir), then its evaluation and
+    inference recipes on that checkpoint; the benchmarks fill the other slot. -> {rel: (proc, seconds)}."""
+    out = tmp_path_factory.mktemp("recipes_smoke")
+    env = {"SMOKE": "1", "OUTPUT_DIR": str(out), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    results = {}
+
+    def run(rel):
+        t0 = time.time()
+        results[rel] = (_run(rel, env, timeout=600), time.time() - t0)
+
+    def chain(model):
+        for kind in ("convergence", "evaluation", "inference"):
+            for rel in ALL_RECIPES:
+                if rel.startswith(model) and _kind(rel)[0] == kind:
+                    run(rel)
+
+    benchmarks = [rel for rel in ALL_RECIPES if _kind(rel)[0] == "benchmark"]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for f in [pool.submit(chain, m) for m in MODELS] + [pool.submit(run, rel) for rel in benchmarks]:
+            f.result()
+    return out, results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rel", ALL_RECIPES)
+def test_recipe_runs_in_smoke_mode_and_leaves_its_files(smoke_runs, rel):
+    out, results = smoke_runs
+    proc, seconds = results[rel]
+    assert proc.returncode == 0, f"{rel} exited {proc.returncode} after {seconds:.0f} s:\n{proc.stderr[-4000:]}"
+    for path in _smoke_files(out, rel):
+        assert path.is_file(), f"{rel} did not leave {path}"
+    kind, model, prec, gpu = _kind(rel)
+    if kind == "convergence":
+        assert json.loads((out / "smoke" / model / "summary.json").read_text())["steps"] == 2
+    elif kind == "evaluation":
+        report = json.loads(_smoke_files(out, rel)[0].read_text())
+        assert "ema" in json.dumps(report) and "raw" in json.dumps(report), report
+    elif kind == "inference":
+        lines = _smoke_files(out, rel)[0].read_text().splitlines()
+        assert len(lines) == 6, lines   # the six demo digits the smoke mode writes

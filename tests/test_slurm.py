@@ -1,0 +1,159 @@
+"""A real one-node Slurm cluster (munged + slurmctld + slurmd, started by scripts/ci_start_slurm.sh) running
+scripts/slurm/run_B0_multinode.sub with 2 tasks: MultiWorkerMirroredStrategy from Slurm's environment, and the
+requeue of a preempted (exit 75) job.
+
+Needs root (and apt-get, the first time). Elsewhere the tests skip with the reason; with
+EFFICIENTNET_REQUIRE_SLURM=1 (CI) they fail instead, so a broken cluster start is never silently skipped.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from loops import slurm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START = os.path.join(REPO, "scripts", "ci_start_slurm.sh")
+SUB = os.path.join(REPO, "scripts", "slurm", "run_B0_multinode.sub")
+
+pytestmark = pytest.mark.slow
+
+
+def _unavailable(reason):
+    if os.environ.get("EFFICIENTNET_REQUIRE_SLURM") == "1":
+        pytest.fail(f"Slurm is required here (EFFICIENTNET_REQUIRE_SLURM=1) but: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def slurm_env(tmp_path_factory):
+    """Environment with SLURM_CONF of a running cluster; stops the daemons afterwards if it started them."""
+    if os.geteuid() != 0:
+        _unavailable("starting munged/slurmctld/slurmd needs root (run scripts/ci_start_slurm.sh as root)")
+    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
+        _unavailable("slurm-wlm is not installed and there is no apt-get to install it")
+    t0 = time.time()
+    proc = subprocess.run([START], capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        _unavailable(f"scripts/ci_start_slurm.sh exited {proc.returncode}: {(proc.stdout + proc.stderr)[-2000:]}")
+    print(f"Slurm ready in {time.time() - t0:.1f} s: {proc.stdout.strip()}")
+    conf = re.search(r"^export SLURM_CONF=(\S+)$", proc.stdout, re.M).group(1)
+    env = {**os.environ, "SLURM_CONF": conf, "TF_CPP_MIN_LOG_LEVEL": "2", "REPO_DIR": REPO}
+    for name in list(env):   # a developer's shell inside an allocation must not leak into the test jobs
+        if name.startswith(("SLURM_", "SBATCH_", "SRUN_")) and name != "SLURM_CONF":
+            env.pop(name)
+    yield env
+    if "already up" not in proc.stdout:
+        subprocess.run([START, "--stop"], capture_output=True, timeout=60)
+
+
+def _sbatch(env, out, *args, timeout=900, on_requeue=None):
+    """sbatch --wait: returns (exit code, the job's output); the exit code is the job's (sbatch man page).
+
+    on_requeue(job_id) is called once the job is pending again after a requeue.
+    """
+    proc = subprocess.Popen(["sbatch", "--wait", "--parsable", "-N", "1", "--ntasks-per-node=2", "--time=15",
+                             "-o", str(out), *args, SUB], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    job_id = proc.stdout.readline().strip().split(";")[0]
+    assert job_id.isdigit(), job_id + proc.stderr.read()
+    deadline = time.time() + timeout
+    while on_requeue and proc.poll() is None and time.time() < deadline:
+        show = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
+        if "Restarts=1" in show and "JobState=PENDING" in show:
+            on_requeue(job_id)
+            break
+        time.sleep(1)
+    try:
+        _, err = proc.communicate(timeout=max(1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+        subprocess.run(["scancel", job_id], env=env)
+        proc.kill()
+        raise
+    text = out.read_text() if out.exists() else ""
+    return proc.returncode, text + err
+
+
+def test_sbatch_trains_b0_on_two_workers_with_multiworker_mirrored_strategy(slurm_env, tmp_path):
+    model_dir = tmp_path / "model"
+    env = {**slurm_env, "SMOKE": "1", "MODEL_DIR": str(model_dir), "EXTRA_ARGS": "--steps_per_epoch 3"}
+    t0 = time.time()
+    rc, log = _sbatch(env, tmp_path / "job.out")
+    print(f"2-worker sbatch job: {time.time() - t0:.1f} s")
+    assert rc == 0, log[-5000:]
+    # Each task resolved the same 2-worker cluster from Slurm's environment and knew its own index.
+    workers = re.findall(r"loops\.slurm: worker (\d) of 2: (\[.*\])", log)
+    assert sorted(w for w, _ in workers) == ["0", "1"], log[-5000:]
+    assert workers[0][1] == workers[1][1]
+    assert "multinode: training finished" in log
+    # The chief wrote the checkpoint and the summary; the throughput per replica shows 2 replicas in sync.
+    assert (model_dir / "checkpoint").is_file() and list(model_dir.glob("ckpt-3.index")), os.listdir(model_dir)
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["steps"] == 3
+    replicas = summary["avg_exp_per_second_training"] / summary["avg_exp_per_second_training_per_GPU"]
+    assert replicas == pytest.approx(2.0), summary
+
+
+PREEMPTED_PROBE = """
+import json, os, sys
+restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+with open(os.path.join(os.environ["PROBE_DIR"], f"run{restart}-rank{os.environ['SLURM_PROCID']}.json"), "w") as f:
+    json.dump({"tf_config": json.loads(os.environ["TF_CONFIG"]), "argv": sys.argv[1:]}, f)
+# First run: what training does on SIGUSR1/SIGTERM after saving its checkpoint. After the requeue: done.
+sys.exit(75 if restart == "0" else 0)
+"""
+
+
+def test_step_exiting_75_requeues_the_job_which_then_finishes(slurm_env, tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(PREEMPTED_PROBE)
+    env = {**slurm_env, "SMOKE": "1", "MODEL_DIR": str(tmp_path / "model"), "TRAIN_ENTRY": str(probe),
+           "PROBE_DIR": str(tmp_path)}
+    # Slurm holds a requeued job back for about two minutes (its begin time moves); the test makes it eligible
+    # at once so it does not sit idle. Production jobs keep Slurm's delay.
+    def release(job_id):
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm_env, check=True)
+
+    t0 = time.time()
+    rc, log = _sbatch(env, tmp_path / "job.out", on_requeue=release)
+    print(f"preempted + requeued job: {time.time() - t0:.1f} s")
+    assert rc == 0, log[-5000:]
+    assert re.search(r"training was preempted \(exit 75\).*requeueing job", log), log[-5000:]
+    assert "multinode: training finished" in log
+    written = sorted(p.name for p in tmp_path.glob("run*-rank*.json"))
+    assert written == ["run0-rank0.json", "run0-rank1.json", "run1-rank0.json", "run1-rank1.json"], written
+    rank1 = json.loads((tmp_path / "run1-rank1.json").read_text())
+    assert rank1["tf_config"]["task"] == {"type": "worker", "index": 1}
+    assert len(rank1["tf_config"]["cluster"]["worker"]) == 2
+    assert "--model_dir" in rank1["argv"] and str(tmp_path / "model") in rank1["argv"]
+
+
+def test_resolver_outside_srun_is_none_and_cpu_nodes_skip_nvidia_smi(monkeypatch):
+    """No Slurm cluster needed: the decisions create_engine relies on, from Slurm's variables."""
+    for name in list(os.environ):
+        if name.startswith("SLURM_") or name in ("CUDA_VISIBLE_DEVICES", slurm.GPUS_PER_NODE_ENV):
+            monkeypatch.delenv(name)
+    assert slurm.slurm_cluster_resolver_or_none() is None
+    # A 2-node x 2-task step on CPU nodes (nvidia-smi absent from PATH).
+    monkeypatch.setenv("PATH", "/nonexistent")
+    for name, value in {"SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "4",
+                        "SLURM_STEP_NODELIST": "node[07-08]", "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+                        "SLURM_JOB_ID": "1234"}.items():
+        monkeypatch.setenv(name, value)
+    resolver = slurm.slurm_cluster_resolver_or_none()
+    assert resolver.get_task_info() == ("worker", 3)
+    base = 20000 + 32 * 234
+    assert resolver.cluster_spec().as_dict() == {
+        "worker": [f"node07:{base}", f"node07:{base + 1}", f"node08:{base}", f"node08:{base + 1}"]}
+    assert resolver.num_accelerators() == {}
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    # GPU nodes: 8 GPUs on each node, 2 tasks per node -> task 3 (second on its node) gets GPUs 4-7.
+    monkeypatch.setenv("SLURM_GPUS_ON_NODE", "8")
+    resolver = slurm.slurm_cluster_resolver_or_none()
+    assert resolver.num_accelerators() == {"GPU": 4}
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"
