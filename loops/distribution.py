@@ -13,6 +13,8 @@ import os
 
 import tensorflow as tf
 
+from loops.config import ENGINES
+
 
 @dataclasses.dataclass
 class Engine:
@@ -66,9 +68,6 @@ def _multi_worker_from_tf_config() -> tuple[int, int] | None:
     return workers, index
 
 
-ENGINES = ("auto", "tf_distribute", "horovod")
-
-
 def under_horovodrun() -> bool:
     """horovodrun (Gloo) gives every rank HOROVOD_RANK and HOROVOD_SIZE (docs/horovod.md)."""
     return bool(os.environ.get("HOROVOD_RANK") and os.environ.get("HOROVOD_SIZE"))
@@ -104,6 +103,13 @@ def create_engine(engine: str = "auto", *, fp16_allreduce: bool = False, collect
     return Engine(tf.distribute.OneDeviceStrategy(device), "one_device")
 
 
+def engine_for(cfg) -> Engine:
+    """The engine a TrainConfig asks for (--engine, --hvd_fp16_allreduce, --collective_timeout_s)."""
+    return create_engine(cfg.engine, fp16_allreduce=cfg.hvd_fp16_allreduce,
+                         collective_timeout_s=cfg.collective_timeout_s,
+                         sync_bn=bool(cfg.model_overrides.get("sync_bn", False)))
+
+
 class MultiWorkerEngine(Engine):
     """MultiWorkerMirroredStrategy: variables are mirrored, but each worker restores its checkpoint on its
     own; a non-shared or lagging --model_dir would let workers resume from different steps."""
@@ -113,20 +119,20 @@ class MultiWorkerEngine(Engine):
         strategy, keep = self.strategy, 1.0 if self.is_chief else 0.0
         variables = list(variables)
 
-        def dtype_of(v):
-            return tf.float64 if v.dtype.is_integer else v.dtype  # counters < 2**53 round-trip exactly
-
         @tf.function
         def broadcast():
             def replica_fn():
                 ctx = tf.distribute.get_replica_context()
+                # One dtype for the whole group (all_reduce packs it into one tensor); float64 holds every
+                # float32 value and every counter below 2**53 exactly, so the round trip is lossless.
                 return ctx.all_reduce(tf.distribute.ReduceOp.SUM,
-                                      [tf.cast(tf.convert_to_tensor(v), dtype_of(v)) * keep for v in variables])
+                                      [tf.cast(tf.convert_to_tensor(v), tf.float64) * keep for v in variables])
             return strategy.run(replica_fn)
 
         values = broadcast()
         for v, value in zip(variables, values):
-            v.assign(tf.cast(strategy.experimental_local_results(value)[0], v.dtype))
+            # Keras variables report their dtype by name.
+            v.assign(tf.cast(strategy.experimental_local_results(value)[0], tf.as_dtype(v.dtype)))
 
 
 def mirrored_engine(devices: list[str]) -> Engine:

@@ -1,0 +1,111 @@
+"""Run by tests/test_distributed.py: one process of a multi-process training run, or its single-process
+reference. Not a test module itself (no test_ prefix).
+
+    python tests/distributed_probe.py worker OUT [epochs=N] [timeout=SECONDS] [depth=COEFFICIENT]
+        under horovodrun (Horovod engine) or with TF_CONFIG (MultiWorkerMirroredStrategy): trains the tiny
+        config in OUT/run and dumps this process's final variables to OUT/vars-<worker index>.npz.
+    python tests/distributed_probe.py reference OUT
+        one process, two logical CPUs (MirroredStrategy) at the same global batch, each replica fed the
+        shard worker <replica> reads; dumps OUT/vars-ref.npz.
+
+BatchNorm is not synchronized in either, so replica r of the reference computes exactly what worker r does
+(per-replica batch statistics, per-replica moving averages): only float summation order may differ.
+"""
+
+import json
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+import numpy as np  # noqa: E402
+
+import input as data  # noqa: E402
+from loops.config import TrainConfig  # noqa: E402
+from loops.distribution import Engine, create_engine  # noqa: E402
+
+WORKERS = 2
+PER_REPLICA_BATCH = 8
+
+
+def tiny_config(model_dir, epochs=2, timeout=None, depth=None) -> TrainConfig:
+    overrides = {"dropout_rate": 0.0, "drop_connect_rate": 0.0}
+    if depth:
+        overrides["depth_coefficient"] = depth
+    return TrainConfig(model_dir=str(model_dir), mode="train_and_eval", train_img_size=32, eval_img_size=32,
+                       train_batch_size=PER_REPLICA_BATCH, eval_batch_size=64, steps_per_epoch=3,
+                       max_epochs=epochs, warmup_epochs=0, epochs_between_evals=2, save_checkpoint_freq=1,
+                       log_steps=1, moving_average_decay=0.99, lr_init=0.02, seed=0,
+                       # SGD: RMSprop's first updates magnify float-order differences beyond a tight check.
+                       optimizer="sgd", collective_timeout_s=timeout,
+                       model_overrides=overrides)
+
+
+class ShardedMirroredStrategy(tf.distribute.MirroredStrategy):
+    """MirroredStrategy whose replica r reads worker r's shard (worker_input_context(r, WORKERS)) instead of
+    consecutive batches of one pipeline: the single-process twin of a WORKERS-process run."""
+
+    def distribute_datasets_from_function(self, dataset_fn, options=None):
+        shards = [dataset_fn(data.worker_input_context(r, WORKERS)) for r in range(WORKERS)]
+
+        def one_each(*batches):  # replica r takes element r of each group (round-robin over devices)
+            ds = tf.data.Dataset.from_tensors(batches[0])
+            for b in batches[1:]:
+                ds = ds.concatenate(tf.data.Dataset.from_tensors(b))
+            return ds
+
+        interleaved = tf.data.Dataset.zip(tuple(shards)).flat_map(one_each)
+        return super().distribute_datasets_from_function(lambda ctx: interleaved, options)
+
+
+def capture_synchronized(engine: Engine) -> list:
+    """The variables build_run hands to engine.synchronize (model, optimizer, epoch, EMA): after train()
+    they hold the final state, so no test hook is needed in the loop."""
+    captured = []
+    original = engine.synchronize
+
+    def synchronize(variables):
+        captured[:] = list(variables)
+        original(variables)
+
+    engine.synchronize = synchronize
+    return captured
+
+
+def dump(variables, path):
+    names = [getattr(v, "path", None) or v.name for v in variables]
+    values = {f"{i:04d}:{name}": np.asarray(v.numpy()) for i, (name, v) in enumerate(zip(names, variables))}
+    np.savez(path, **values)
+
+
+def main():
+    mode, out = sys.argv[1], pathlib.Path(sys.argv[2])
+    if mode == "worker":
+        opts = dict(a.split("=", 1) for a in sys.argv[3:])
+        cfg = tiny_config(out / "run", int(opts.get("epochs", 2)),
+                          float(opts["timeout"]) if "timeout" in opts else None,
+                          float(opts["depth"]) if "depth" in opts else None)
+        engine = create_engine(cfg.engine, collective_timeout_s=cfg.collective_timeout_s)
+        (out / f"pid-{engine.worker_index}").write_text(str(os.getpid()))
+        name = str(engine.worker_index)
+    else:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * WORKERS)
+        cfg = tiny_config(out / "ref")
+        engine = Engine(ShardedMirroredStrategy([f"/cpu:{i}" for i in range(WORKERS)]), "mirrored")
+        name = "ref"
+    variables = capture_synchronized(engine)
+    from loops.training import train
+    summary = train(cfg, engine)
+    dump(variables, out / f"vars-{name}.npz")
+    print("PROBE " + json.dumps({"name": name, "engine": engine.name, "replicas": engine.num_replicas,
+                                 "steps": summary["steps"], "eval_examples": summary.get("eval_examples")}),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,292 @@
+"""Multi-process training with real processes: Horovod (horovodrun, Gloo) and TF_CONFIG workers
+(MultiWorkerMirroredStrategy) on loopback. Each worker runs tests/distributed_probe.py, which trains the tiny
+config through loops.training.train and dumps its final variables; the single-process reference is the same
+run on two logical CPUs whose replica r reads worker r's shard."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PROBE = str(ROOT / "tests" / "distributed_probe.py")
+HOROVODRUN = str(pathlib.Path(sys.executable).with_name("horovodrun"))
+HAVE_HOROVOD = importlib.util.find_spec("horovod") is not None and os.path.exists(HOROVODRUN)
+needs_horovod = pytest.mark.skipif(not HAVE_HOROVOD, reason="horovod is not installed in this venv "
+                                   "(optional: scripts/install_horovod.sh, see docs/horovod.md)")
+# BatchNorm moving statistics are per replica in both engines (as in MirroredStrategy without sync_bn), so
+# only those (and their EMA shadows) may differ between workers; everything else must be identical.
+PER_REPLICA = ("moving_mean", "moving_variance")
+
+
+def test_engine_choice_errors_name_the_flag(monkeypatch):
+    from loops.config import TrainConfig
+    from loops.distribution import create_engine
+
+    with pytest.raises(ValueError, match="--engine='mpi': must be one of auto, tf_distribute, horovod"):
+        create_engine("mpi")
+    # Refused before Horovod is even imported: Keras's sync BN would silently normalize per rank.
+    with pytest.raises(ValueError, match=r"--mparams sync_bn=True is not supported with --engine horovod"):
+        create_engine("horovod", sync_bn=True)
+    monkeypatch.setenv("HOROVOD_RANK", "0")
+    monkeypatch.setenv("HOROVOD_SIZE", "2")
+    with pytest.raises(ValueError, match="sync_bn"):  # auto picks Horovod under horovodrun
+        create_engine("auto", sync_bn=True)
+    monkeypatch.delenv("HOROVOD_RANK")
+    with pytest.raises(RuntimeError, match="--engine horovod must run under horovodrun"):
+        create_engine("horovod")
+    with pytest.raises(ValueError, match="--hvd_fp16_allreduce only applies to --engine horovod"):
+        create_engine("auto", fp16_allreduce=True)
+    with pytest.raises(ValueError, match="--collective_timeout_s=0: must be positive"):
+        TrainConfig(model_dir="/tmp/unused", collective_timeout_s=0)
+    with pytest.raises(ValueError, match="--hvd_fp16_allreduce=True: only applies to --engine horovod"):
+        TrainConfig(model_dir="/tmp/unused", engine="tf_distribute", hvd_fp16_allreduce=True)
+
+
+def test_default_strategy_apply_does_not_reduce_gradients_again():
+    """Horovod sums gradients itself, then calls optimizer.apply inside OneDeviceStrategy.run: Keras's
+    cross-replica sum there must be the identity (one replica), or every update would be counted twice."""
+    import keras
+
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        v = keras.Variable([1.0, -2.0, 3.0])
+        opt = keras.optimizers.SGD(learning_rate=0.5)
+        opt.build([v])
+    grad = tf.constant([0.25, 1.0, -4.0])
+
+    @tf.function
+    def step():
+        strategy.run(lambda: opt.apply([grad], [v]))
+
+    step()
+    np.testing.assert_array_equal(v.numpy(), np.array([1.0, -2.0, 3.0], np.float32) - 0.5 * grad.numpy())
+
+
+def test_train_py_refuses_sync_bn_under_horovod(tmp_path, run_script):
+    out = run_script("train.py", "--engine", "horovod", "--mparams", "sync_bn=True", "--model_dir", tmp_path,
+                     timeout=120)
+    assert out.returncode != 0
+    assert "--mparams sync_bn=True is not supported with --engine horovod" in out.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def _env(**extra):
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+
+def _load(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _max_diff(a, b, skip=()):
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)))) if a[k].size else 0.0
+               for k in a if not any(s in k for s in skip))
+
+
+def _probe_results(output: str):
+    return sorted((json.loads(line.split("PROBE ", 1)[1]) for line in output.splitlines() if "PROBE {" in line),
+                  key=lambda r: r["name"])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Final variables of the single-process, two-replica twin of a 2-worker run (same global batch 16)."""
+    out = tmp_path_factory.mktemp("reference")
+    proc = subprocess.run([sys.executable, PROBE, "reference", str(out)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [result] = _probe_results(proc.stdout)
+    assert result["steps"] == 6 and result["eval_examples"] == 359
+    return _load(out / "vars-ref.npz")
+
+
+def _check_workers(out, reference, results):
+    assert [r["name"] for r in results] == ["0", "1"]
+    assert all(r["replicas"] == 2 and r["steps"] == 6 and r["eval_examples"] == 359 for r in results), results
+    w0, w1 = _load(out / "vars-0.npz"), _load(out / "vars-1.npz")
+    assert len(w0) > 800
+    # Same gradients, same updates: bit-identical except the per-replica BatchNorm statistics.
+    assert _max_diff(w0, w1, skip=PER_REPLICA) == 0.0
+    assert _max_diff(w0, w1) > 0.0  # the per-replica statistics really are per replica (different shards)
+    # Worker 0 is replica 0 of the single-process twin: same data, same per-replica BN, same global batch.
+    assert _max_diff(w0, reference) < 1e-5
+    iteration = next(k for k in w0 if k.endswith("/iteration"))
+    assert int(w0[iteration]) == 6
+    # Training moved the weights: the EMA shadows (decay 0.99 warm-up) lag the weights they follow.
+    kernel = next(k for k in w0 if k.endswith(":predictions/kernel"))
+    shadow = next(k for k in w0 if k.endswith(":ema/predictions/kernel:0"))
+    assert float(np.max(np.abs(w0[kernel] - w0[shadow]))) > 1e-4
+
+
+def _chief_wrote_everything(model_dir):
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["eval_examples"] == 359 and summary["eval_examples_ema"] == 359  # each example once
+    assert summary["steps"] == 6 and summary["epochs"] == 2
+    assert sorted(p.name for p in model_dir.glob("ckpt-*.index")) == ["ckpt-3.index", "ckpt-6.index"]
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-6")
+    records = [json.loads(line) for line in (model_dir / "log.jsonl").read_text().splitlines()]
+    # Only the chief logs: exactly one record per step (log_steps=1), not one per worker.
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+@needs_horovod
+def test_horovodrun_two_ranks_match_one_process(tmp_path, reference):
+    start = time.time()
+    proc = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, PROBE, "worker",
+                           str(tmp_path)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = _probe_results(proc.stdout)
+    assert {r["engine"] for r in results} == {"horovod"}
+    _check_workers(tmp_path, reference, results)
+    _chief_wrote_everything(tmp_path / "run")
+    print(f"horovodrun -np 2: {time.time() - start:.1f} s")
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _start_tf_config_workers(out, *args, script=PROBE):
+    """Two workers on loopback ports; logs in out/worker-<i>.log."""
+    ports = _free_ports(2)
+    procs = []
+    for i in range(2):
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": i}}
+        log = open(out / f"worker-{i}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, script, *map(str, args)], cwd=ROOT,
+                                      env=_env(TF_CONFIG=json.dumps(tf_config)), stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+    return procs
+
+
+def _stop(procs):
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+@pytest.mark.slow
+def test_tf_config_two_workers_match_one_process_and_only_the_chief_writes(tmp_path, reference):
+    start = time.time()
+    procs = _start_tf_config_workers(tmp_path, "worker", tmp_path)
+    try:
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        _stop(procs)
+    logs = [(tmp_path / f"worker-{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    results = _probe_results("\n".join(logs))
+    assert {r["engine"] for r in results} == {"multi_worker_mirrored"}
+    _check_workers(tmp_path, reference, results)
+    _chief_wrote_everything(tmp_path / "run")
+    assert "Run" in logs[0] and "Summary" in logs[0] and "Summary" not in logs[1]  # the worker stays quiet
+    print(f"TF_CONFIG 2 workers: {time.time() - start:.1f} s")
+
+
+def _wait_for_training(model_dir, procs, timeout):
+    """Until the chief has logged a training step (all workers are past start-up and in the step loop)."""
+    log = model_dir / "log.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if log.exists() and '"kind": "train"' in log.read_text():
+            return
+        assert all(p.poll() is None for p in procs), "a worker exited before training started"
+        time.sleep(0.2)
+    raise AssertionError(f"no training step logged in {timeout} s")
+
+
+def _train_py_flags(model_dir, *extra):
+    """A long train.py run (100 epochs of 3 steps) that the failure tests cut short. Depth 0.25 keeps one
+    block per stage: fewer variables to initialize collectively, the same code paths."""
+    return [str(ROOT / "train.py"), "--model_dir", str(model_dir), "--mode", "train", "--train_img_size", "32",
+            "--eval_img_size", "32", "--train_batch_size", "8", "--steps_per_epoch", "3", "--max_epochs", "100",
+            "--warmup_epochs", "0", "--log_steps", "1", "--save_checkpoint_freq", "1", "--optimizer", "sgd",
+            "--mparams", "dropout_rate=0,drop_connect_rate=0,depth_coefficient=0.25", *extra]
+
+
+def _horovod_rank_pid(launcher_pid, rank):
+    import psutil  # a Horovod dependency
+
+    for child in psutil.Process(launcher_pid).children(recursive=True):
+        try:
+            if child.environ().get("HOROVOD_RANK") == str(rank) and "train.py" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.Error:
+            continue
+    raise AssertionError(f"no rank {rank} process under horovodrun")
+
+
+@pytest.mark.slow
+@needs_horovod
+def test_horovod_train_py_killed_rank_fails_the_others_quickly(tmp_path):
+    """train.py under horovodrun picks the Horovod engine by itself (--engine auto), with fp16 allreduce."""
+    log = open(tmp_path / "horovodrun.log", "w")  # a file, not a pipe nobody drains while we wait
+    launcher = subprocess.Popen([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
+                                 *_train_py_flags(tmp_path / "run", "--hvd_fp16_allreduce")], cwd=ROOT, env=_env(),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_training(tmp_path / "run", [launcher], timeout=150)
+        os.kill(_horovod_rank_pid(launcher.pid, 1), signal.SIGKILL)
+        killed = time.time()
+        launcher.wait(timeout=60)
+        seconds = time.time() - killed
+    finally:
+        _stop([launcher])
+    output = (tmp_path / "horovodrun.log").read_text()
+    assert re.search(r"\[0\]<stdout>:\s+engine\s+horovod", output) and re.search(r"replicas\s+2", output), output[-3000:]
+    assert launcher.returncode != 0
+    assert "Horovod has been shut down" in output or "Connection closed by peer" in output, output[-3000:]
+    assert seconds < 20, seconds
+    print(f"horovodrun exited {seconds:.1f} s after the kill")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+def test_tf_config_lost_worker_fails_the_chief_with_a_clear_error(tmp_path, how):
+    # A killed worker needs no flag (its sockets close). A frozen one is found by TF's coordination-service
+    # heartbeats after ~10-20 s (measured); 5 s is below that, so the failure below is this flag's doing.
+    # It must stay above the largest skew between workers reaching a collective (tracing, checkpoints).
+    timeout = 5
+    extra = [] if how == "killed" else ["--collective_timeout_s", str(timeout)]
+    procs = _start_tf_config_workers(tmp_path, *_train_py_flags(tmp_path / "run", *extra)[1:],
+                                     script=str(ROOT / "train.py"))
+    try:
+        _wait_for_training(tmp_path / "run", procs, timeout=200)
+        # SIGKILL closes the worker's sockets; SIGSTOP leaves them open, so only the timeout can tell.
+        os.killpg(procs[1].pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        lost = time.time()
+        code = procs[0].wait(timeout=90)
+        seconds = time.time() - lost
+    finally:
+        _stop(procs)
+    log = (tmp_path / "worker-0.log").read_text()
+    assert code != 0
+    assert "Summary" not in log and re.search(r"engine\s+multi_worker_mirrored", log), log[-3000:]
+    print(f"chief exited {seconds:.1f} s after the worker was {how}")
+    if how == "killed":  # measured: ~2 s, the gRPC channel reports the reset at once
+        assert "UnavailableError" in log and "Collective ops is aborted" in log, log[-3000:]
+        assert seconds < 30, seconds
+    else:  # the sockets stay open: --collective_timeout_s ends the wait
+        assert "DeadlineExceededError" in log and "Collective has timed out" in log, log[-3000:]
+        assert timeout <= seconds < timeout + 30, seconds
