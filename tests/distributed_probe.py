@@ -1,7 +1,9 @@
 """Run by tests/test_distributed.py: one process of a multi-process training run, or its single-process
 reference. Not a test module itself (no test_ prefix).
 
-    python tests/distributed_probe.py worker OUT [epochs=N] [timeout=SECONDS] [depth=COEFFICIENT]
+    python tests/distributed_probe.py worker OUT [epochs=N] [timeout=SECONDS] [depth=COEFFICIENT] [stop_at=STEP]
+        stop_at: every process exits (code 3) right after saving the checkpoint of that step, as if the job
+        were preempted there; the next launch resumes from it.
         under horovodrun (Horovod engine) or with TF_CONFIG (MultiWorkerMirroredStrategy): trains the tiny
         config in OUT/run and dumps this process's final variables to OUT/vars-<worker index>.npz.
     python tests/distributed_probe.py reference OUT
@@ -76,6 +78,22 @@ def capture_synchronized(engine: Engine) -> list:
     return captured
 
 
+def stop_after_checkpoint(step: int):
+    from loops import checkpoints
+
+    save = checkpoints.Saver.save
+
+    def save_then_stop(self, at: int) -> str:
+        path = save(self, at)
+        if at >= step:
+            self.close()  # the non-chief's throwaway directory
+            print(f"PROBE_STOPPED at step {at}", flush=True)
+            os._exit(3)
+        return path
+
+    checkpoints.Saver.save = save_then_stop
+
+
 def dump(variables, path):
     names = [getattr(v, "path", None) or v.name for v in variables]
     values = {f"{i:04d}:{name}": np.asarray(v.numpy()) for i, (name, v) in enumerate(zip(names, variables))}
@@ -91,6 +109,8 @@ def main():
                           float(opts["depth"]) if "depth" in opts else None)
         engine = create_engine(cfg.engine, collective_timeout_s=cfg.collective_timeout_s)
         (out / f"pid-{engine.worker_index}").write_text(str(os.getpid()))
+        if "stop_at" in opts:
+            stop_after_checkpoint(int(opts["stop_at"]))
         name = str(engine.worker_index)
     else:
         cpu = tf.config.list_physical_devices("CPU")[0]

@@ -186,22 +186,33 @@ def _stop(procs):
             p.wait()
 
 
-@pytest.mark.slow
-def test_tf_config_two_workers_match_one_process_and_only_the_chief_writes(tmp_path, reference):
-    start = time.time()
-    procs = _start_tf_config_workers(tmp_path, "worker", tmp_path)
+def _run_tf_config_workers(out, *args, expect=0):
+    procs = _start_tf_config_workers(out, "worker", out, *args)
     try:
         codes = [p.wait(timeout=300) for p in procs]
     finally:
         _stop(procs)
-    logs = [(tmp_path / f"worker-{i}.log").read_text() for i in range(2)]
-    assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    logs = [(out / f"worker-{i}.log").read_text() for i in range(2)]
+    assert codes == [expect, expect], logs[0][-2000:] + logs[1][-2000:]
+    return logs
+
+
+@pytest.mark.slow
+def test_tf_config_two_workers_resume_match_one_process_and_only_the_chief_writes(tmp_path, reference):
+    start = time.time()
+    # The first launch is stopped right after epoch 1's checkpoint (as if preempted); the second resumes it.
+    first = _run_tf_config_workers(tmp_path, "stop_at=3", expect=3)
+    assert all("PROBE_STOPPED at step 3" in log for log in first)
+    assert sorted(p.name for p in (tmp_path / "run").glob("ckpt-*.index")) == ["ckpt-3.index"]
+    logs = _run_tf_config_workers(tmp_path)
     results = _probe_results("\n".join(logs))
     assert {r["engine"] for r in results} == {"multi_worker_mirrored"}
+    assert "Resuming from" in logs[0] and "step 3" in logs[0]
+    # Resumed workers end where the uninterrupted single-process twin ends (steps == 6 on both).
     _check_workers(tmp_path, reference, results)
     _chief_wrote_everything(tmp_path / "run")
-    assert "Run" in logs[0] and "Summary" in logs[0] and "Summary" not in logs[1]  # the worker stays quiet
-    print(f"TF_CONFIG 2 workers: {time.time() - start:.1f} s")
+    assert "Summary" in logs[0] and "Summary" not in logs[1]  # the other worker stays quiet
+    print(f"TF_CONFIG 2 workers, 1 + 1 epochs: {time.time() - start:.1f} s")
 
 
 def _wait_for_training(model_dir, procs, timeout):
@@ -254,10 +265,11 @@ def test_horovod_train_py_killed_rank_fails_the_others_quickly(tmp_path):
     finally:
         _stop([launcher])
     output = (tmp_path / "horovodrun.log").read_text()
-    assert re.search(r"\[0\]<stdout>:\s+engine\s+horovod", output) and re.search(r"replicas\s+2", output), output[-3000:]
+    assert re.search(r"\[0\]<stdout>:\s+engine\s+horovod", output), output[-3000:]
+    assert re.search(r"replicas\s+2", output), output[-3000:]
     assert launcher.returncode != 0
     assert "Horovod has been shut down" in output or "Connection closed by peer" in output, output[-3000:]
-    assert seconds < 20, seconds
+    assert seconds < 30, seconds  # measured 1.5-2 s idle, 10 s at load 4 (horovodrun's SIGTERM, then SIGKILL)
     print(f"horovodrun exited {seconds:.1f} s after the kill")
 
 
