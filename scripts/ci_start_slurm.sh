@@ -24,9 +24,14 @@ die() { echo "ci_start_slurm.sh: ERROR: $*" >&2; exit 1; }
 
 stop_daemons() {
   # Only the daemons this script started: their pid files live in $DIR (never pkill by name).
+  local f pid
   for f in "$DIR/slurmd.pid" "$DIR/slurmctld.pid" "$DIR/munged.pid"; do
-    if [ -s "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
-      kill "$(cat "$f")" && log "stopped $(basename "$f" .pid) (pid $(cat "$f"))"
+    pid=$(cat "$f" 2>/dev/null || true)   # read once: a daemon removes its own pid file as it exits
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill "$pid"
+      # Wait for it to exit so a restart right after does not find its port still taken.
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      log "stopped $(basename "$f" .pid) (pid $pid)"
     fi
     rm -f "$f"
   done

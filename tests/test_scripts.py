@@ -41,8 +41,10 @@ SHELL_FILES = sorted(str(p.relative_to(ROOT)) for p in [*RECIPES.rglob("*.sh"), 
 
 
 def _run(rel, env=None, args=(), timeout=60):
+    # Without the caller's device choice: the launcher keeps an explicit CUDA_VISIBLE_DEVICES.
+    base = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     return subprocess.run(["bash", str(RECIPES / rel), *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHON": sys.executable, **(env or {})})
+                          timeout=timeout, env={**base, "PYTHON": sys.executable, **(env or {})})
 
 
 def _kind(rel):
@@ -198,9 +200,14 @@ def smoke_runs(tmp_path_factory):
                     run(rel)
 
     benchmarks = [rel for rel in ALL_RECIPES if _kind(rel)[0] == "benchmark"]
+    t0 = time.time()
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         for f in [pool.submit(chain, m) for m in MODELS] + [pool.submit(run, rel) for rel in benchmarks]:
             f.result()
+    # Seen with -s: where the time goes, to keep this file near its ~5-minute budget.
+    print(f"\nsmoke recipes: {time.time() - t0:.0f} s wall for {len(results)} scripts")
+    for rel, (proc, seconds) in sorted(results.items()):
+        print(f"  {seconds:6.1f} s  exit {proc.returncode}  {rel}")
     return out, results
 
 

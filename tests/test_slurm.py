@@ -135,6 +135,9 @@ def test_step_exiting_75_requeues_the_job_which_then_finishes(slurm_env, tmp_pat
 
 def test_resolver_outside_srun_is_none_and_cpu_nodes_skip_nvidia_smi(monkeypatch):
     """No Slurm cluster needed: the decisions create_engine relies on, from Slurm's variables."""
+    # The resolver writes os.environ["CUDA_VISIBLE_DEVICES"] itself: setting it through monkeypatch first makes
+    # monkeypatch restore it (to absent) afterwards, so later tests do not inherit GPUs 4-7.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     for name in list(os.environ):
         if name.startswith("SLURM_") or name in ("CUDA_VISIBLE_DEVICES", slurm.GPUS_PER_NODE_ENV):
             monkeypatch.delenv(name)
