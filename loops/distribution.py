@@ -92,7 +92,9 @@ def create_engine(engine: str = "auto", *, fp16_allreduce: bool = False, collect
         raise ValueError("--hvd_fp16_allreduce only applies to --engine horovod (run under horovodrun)")
     multi = _multi_worker_from_tf_config()
     if multi and multi[0] > 1:
-        # Without a timeout a collective waits forever for a worker that died without closing its channel.
+        # A killed worker fails the others at once (its channel closes) and TF's coordination service notices
+        # a frozen one by its missing heartbeats (10-20 s measured); the timeout bounds every collective
+        # explicitly (docs/distributed.md).
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         return MultiWorkerEngine(strategy, "multi_worker_mirrored", num_workers=multi[0], worker_index=multi[1])
@@ -115,14 +117,18 @@ class MultiWorkerEngine(Engine):
     own; a non-shared or lagging --model_dir would let workers resume from different steps."""
 
     def synchronize(self, variables):
-        # Broadcast the chief's values as a SUM all-reduce in which only the chief contributes.
-        strategy, keep = self.strategy, 1.0 if self.is_chief else 0.0
+        # Broadcast the chief's values as a SUM all-reduce in which only the chief's first replica contributes
+        # (a worker with several GPUs runs several replicas, which would otherwise each add their copy).
+        strategy, chief = self.strategy, 1.0 if self.is_chief else 0.0
+        local_replicas = len(strategy.extended.worker_devices)  # contiguous replica ids per worker
         variables = list(variables)
 
         @tf.function
         def broadcast():
             def replica_fn():
                 ctx = tf.distribute.get_replica_context()
+                first = tf.equal(ctx.replica_id_in_sync_group % local_replicas, 0)
+                keep = chief * tf.cast(first, tf.float64)
                 # One dtype for the whole group (all_reduce packs it into one tensor); float64 holds every
                 # float32 value and every counter below 2**53 exactly, so the round trip is lossless.
                 return ctx.all_reduce(tf.distribute.ReduceOp.SUM,

@@ -73,6 +73,37 @@ def test_default_strategy_apply_does_not_reduce_gradients_again():
     np.testing.assert_array_equal(v.numpy(), np.array([1.0, -2.0, 3.0], np.float32) - 0.5 * grad.numpy())
 
 
+SYNCHRONIZE_SCRIPT = """
+import json, keras, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from loops.distribution import MultiWorkerEngine
+out = {}
+for index in (0, 1):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        weight = keras.Variable([[1.5, -2.25], [3.0, 1e-7]])
+        step = tf.Variable(2**40 + 3, dtype=tf.int64)
+    MultiWorkerEngine(strategy, "multi_worker_mirrored", num_workers=2, worker_index=index).synchronize([weight, step])
+    out[index] = {"weight": [[float(x) for x in row] for row in strategy.experimental_local_results(weight.value)[1].numpy()],
+                  "step": int(step.numpy())}
+print("SYNC " + json.dumps(out))
+"""
+
+
+def test_multi_worker_synchronize_keeps_only_the_chiefs_values():
+    """The broadcast is a SUM all-reduce to which only the chief's first replica contributes. In a single
+    process (no real peer) with two local replicas, the chief keeps its values exactly, int64 counters
+    included (counted once, not once per replica); a non-chief receives the sum of nothing, i.e. zeros, which
+    shows that its own values are not contributed."""
+    proc = subprocess.run([sys.executable, "-c", SYNCHRONIZE_SCRIPT], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.split("SYNC ", 1)[1])
+    assert out["0"] == {"weight": [[1.5, -2.25], [3.0, float(np.float32(1e-7))]], "step": 2**40 + 3}
+    assert out["1"] == {"weight": [[0.0, 0.0], [0.0, 0.0]], "step": 0}
+
+
 def test_train_py_refuses_sync_bn_under_horovod(tmp_path, run_script):
     out = run_script("train.py", "--engine", "horovod", "--mparams", "sync_bn=True", "--model_dir", tmp_path,
                      timeout=120)
