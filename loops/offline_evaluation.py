@@ -14,7 +14,7 @@ from input.config import DataConfig
 from loops.config import PRECISIONS, TrainConfig
 from loops.distribution import Engine
 from loops.restore import WEIGHTS, restore
-from loops.steps import TrainState, make_eval_step
+from loops.steps import make_eval_step
 
 # The reference's metric names, in the order its README lists them (plus our average and median latency).
 METRICS = ("eval_loss", "eval_accuracy_top_1", "eval_accuracy_top_5", "avg_exp_per_second_eval",
@@ -50,7 +50,7 @@ class EvalConfig:
 def evaluate_checkpoint(cfg: EvalConfig, engine: Engine) -> dict:
     """Returns the flat metrics dict (raw names, `_ema` suffix for EMA) plus what was evaluated; writes it
     as JSON (chief only) and returns the path under "results_json"."""
-    from loops.training import Run, evaluate_all, set_precision
+    from loops.training import evaluate_all, set_precision
 
     set_precision(cfg.precision)
     restored = restore(cfg.ckpt, engine.strategy, with_ema=cfg.weights != "raw")
@@ -70,15 +70,12 @@ def evaluate_checkpoint(cfg: EvalConfig, engine: Engine) -> dict:
     if info.num_classes > spec.num_classes:
         raise ValueError(f"{info.description} has {info.num_classes} classes but the checkpoint's model has "
                          f"{spec.num_classes} outputs; is --data_dir the dataset it was trained on?")
-    # evaluate_all reads only the evaluation fields of the run's TrainConfig, its engine, data and EMA.
+    # evaluate_all reads only the evaluation fields of this TrainConfig.
     train_cfg = TrainConfig(model_dir=restored.model_dir, data=data_cfg, variant=spec.variant,
                             num_classes=spec.num_classes, model_overrides=dict(spec.model_overrides),
                             precision=cfg.precision, eval_batch_size=cfg.eval_batch_size, eval_img_size=image_size,
                             eval_weights=weights, moving_average_decay=0.5 if restored.has_ema else 0.0)
-    state = TrainState(model=restored.model, optimizer=None, ema=restored.ema, engine=engine)
-    run = Run(cfg=train_cfg, engine=engine, info=info, spec=spec, state=state, epoch=None, saver=None,
-              steps_per_epoch=0, reporter=None)
-    metrics = evaluate_all(run, make_eval_step(restored.model, engine))
+    metrics = evaluate_all(train_cfg, engine, info, restored.ema, make_eval_step(restored.model, engine))
     results = {"checkpoint": restored.checkpoint_path, "model": f"efficientnet-{spec.variant}",
                "data": info.description, "weights": weights, "eval_img_size": image_size,
                "eval_batch_size": cfg.eval_batch_size, "replicas": engine.num_replicas, "precision": cfg.precision,

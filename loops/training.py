@@ -131,32 +131,34 @@ def _train_dataset(run: Run, stage: staging.Stage, epoch: int, skip_batches: int
     return run.engine.strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def evaluate_weights(run: Run, eval_step, which: str) -> dict:
-    cfg, engine = run.cfg, run.engine
+def evaluate_weights(cfg: TrainConfig, engine: Engine, info: data.DatasetInfo, ema, eval_step,
+                     which: str) -> dict:
+    """Raw or EMA ("ema": shadows swapped in and back) weights over the whole eval set."""
     global_batch = cfg.eval_batch_size * engine.num_replicas
 
     def dataset_fn(ctx):
         ctx = engine.input_context(ctx)
-        return data.eval_dataset(run.info, cfg.data, batch_size=ctx.get_per_replica_batch_size(global_batch),
+        return data.eval_dataset(info, cfg.data, batch_size=ctx.get_per_replica_batch_size(global_batch),
                                  image_size=cfg.eval_img_size, input_context=ctx)
 
     dataset = engine.strategy.distribute_datasets_from_function(dataset_fn)
     swap = which == "ema"
     if swap:
-        run.state.ema.swap()
+        ema.swap()
     try:
         result = evaluate(eval_step, dataset, global_batch=global_batch)
     finally:
         if swap:
-            run.state.ema.swap()
+            ema.swap()
     return result.metrics(engine.num_replicas, suffix="" if which == "raw" else "_ema")
 
 
-def evaluate_all(run: Run, eval_step) -> dict:
+def evaluate_all(cfg: TrainConfig, engine: Engine, info: data.DatasetInfo, ema, eval_step) -> dict:
+    """cfg.weights_to_evaluate, each under its own metric names, and which one was better."""
     metrics = {}
-    for which in run.cfg.weights_to_evaluate:
-        metrics.update(evaluate_weights(run, eval_step, which))
-    if len(run.cfg.weights_to_evaluate) == 2:
+    for which in cfg.weights_to_evaluate:
+        metrics.update(evaluate_weights(cfg, engine, info, ema, eval_step, which))
+    if len(cfg.weights_to_evaluate) == 2:
         best = "_ema" if metrics["eval_accuracy_top_1_ema"] > metrics["eval_accuracy_top_1"] else ""
         metrics["best_weights"] = "ema" if best else "raw"
         metrics["best_eval_accuracy_top_1"] = metrics[f"eval_accuracy_top_1{best}"]
@@ -193,7 +195,7 @@ def _run(run: Run, stop: StopRequest) -> dict:
         reporter.say(f"Warning: {note}")
     summary: dict = {}
     if cfg.mode == "eval":
-        summary.update(evaluate_all(run, eval_step))
+        summary.update(evaluate_all(cfg, engine, run.info, run.state.ema, eval_step))
         return _finish(run, summary)
 
     plan = staging.plan_stages(cfg)
@@ -215,7 +217,7 @@ def _run(run: Run, stop: StopRequest) -> dict:
             if (epoch + 1) % cfg.save_checkpoint_freq == 0 or done:
                 reporter.say(f"Saved {run.save()}")
             if cfg.mode == "train_and_eval" and ((epoch + 1) % cfg.epochs_between_evals == 0 or done):
-                metrics = evaluate_all(run, eval_step)
+                metrics = evaluate_all(cfg, engine, run.info, run.state.ema, eval_step)
                 reporter.record("eval", int(optimizer.iterations.numpy()), {"epoch": epoch + 1, **metrics})
                 reporter.say(table({k: v for k, v in metrics.items() if "latency" not in k},
                                    f"Evaluation after epoch {epoch + 1}"))
