@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 
@@ -185,9 +186,43 @@ def decode_blocks(params: ModelParams) -> list[BlockSpec]:
     return specs
 
 
+@keras.saving.register_keras_serializable("efficientnet_tf2")
+class BatchNorm(layers.BatchNormalization):
+    """Keras BatchNormalization computed by TensorFlow's fused kernel (FusedBatchNormV3).
+
+    Keras 3 builds BatchNorm from separate mean/variance/normalize ops; forward and backward then make
+    about ten passes over each activation; the fused kernel makes two (B0 training on CPU: see
+    docs/performance.md). Weights, momentum and the moving-variance rule (biased batch variance, as Keras)
+    are unchanged, so checkpoints and numbers carry over. Synchronized (cross-replica) BatchNorm keeps
+    Keras's own path, which all-reduces the moments.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if self.synchronized or mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
+            return super().call(inputs, training=training, mask=mask)
+        # 16-bit activations go in as they are: the kernel accumulates statistics in float32.
+        x = inputs if inputs.dtype in (tf.float32, tf.float16, tf.bfloat16) else tf.cast(inputs, tf.float32)
+        if training and self.trainable:
+            none = tf.zeros([0], tf.float32)
+            y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=self.gamma, offset=self.beta, mean=none, variance=none, epsilon=self.epsilon,
+                exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+            # The kernel returns the unbiased (n / (n - 1)) variance, 0 when n == 1; Keras keeps the biased.
+            shape = tf.shape(x)
+            n = tf.cast(shape[0] * shape[1] * shape[2], tf.float32)
+            variance *= (n - 1.0) / n
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        else:
+            y, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=self.gamma, offset=self.beta, mean=self.moving_mean, variance=self.moving_variance,
+                epsilon=self.epsilon, data_format="NHWC", is_training=False)
+        return tf.cast(y, self.compute_dtype)
+
+
 def _batch_norm(params: ModelParams, name: str) -> layers.Layer:
-    return layers.BatchNormalization(momentum=params.bn_momentum, epsilon=params.bn_epsilon,
-                                     synchronized=params.sync_bn, name=name)
+    return BatchNorm(momentum=params.bn_momentum, epsilon=params.bn_epsilon, synchronized=params.sync_bn,
+                     name=name)
 
 
 def _mbconv(x, spec: BlockSpec, params: ModelParams):

@@ -116,6 +116,44 @@ def test_forward_pass_under_each_precision(policy, size):
         assert model.get_layer("block2a_dwconv").variable_dtype == "float32"
 
 
+@pytest.mark.parametrize("policy,tol", [("float32", 1e-5), ("mixed_bfloat16", 5e-2), ("mixed_float16", 5e-3)])
+@pytest.mark.parametrize("shape", [(8, 7, 7, 16), (3, 1, 1, 4), (1, 1, 1, 4)])
+def test_fused_batch_norm_matches_keras_batch_norm(policy, tol, shape):
+    """Our BatchNorm (fused kernel) against Keras's: outputs, gradients, moving statistics, inference."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        ours = efficientnet.model.BatchNorm(momentum=0.9, epsilon=1e-3)
+        keras_bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(1.0, 3.0, shape), tf.float32)
+    gamma_beta_mean_variance = [rng.uniform(0.5, 1.5, shape[-1]) for _ in range(4)]
+    for layer in (ours, keras_bn):
+        layer.build(x.shape)
+        for w, value in zip(layer.weights, gamma_beta_mean_variance):
+            w.assign(value)
+    results = []
+    for layer in (ours, keras_bn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.cast(layer(x, training=True), tf.float32)
+            loss = tf.reduce_sum(y * y * x)
+        grads = tape.gradient(loss, [x] + layer.trainable_weights)
+        results.append((y, grads, [w.numpy() for w in layer.non_trainable_weights],
+                        tf.cast(layer(x, training=False), tf.float32)))
+    (y, grads, moving, inference), (y_k, grads_k, moving_k, inference_k) = results
+    assert y.dtype == y_k.dtype
+    scale = lambda t: max(1.0, float(np.abs(t).max()))  # noqa: E731
+    np.testing.assert_allclose(y, y_k, atol=tol * scale(y_k))
+    for g, g_k in zip(grads, grads_k):
+        np.testing.assert_allclose(g, g_k, atol=tol * scale(g_k))
+    for m, m_k in zip(moving, moving_k):
+        np.testing.assert_allclose(m, m_k, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(inference, inference_k, atol=tol * scale(inference_k))
+    assert not np.allclose(moving[0], 1.0)  # the statistics did move
+
+
 def test_input_normalization_is_inside_the_model():
     model = efficientnet.build_model("b0", num_classes=3)
     mean_image = tf.constant([[[[0.485 * 255, 0.456 * 255, 0.406 * 255]]]])
