@@ -162,9 +162,13 @@ def _training_runs(cfg: BenchmarkConfig, engine: Engine, precision: str, num_cla
 
 
 def _inference_runs(cfg: BenchmarkConfig, engine: Engine, precision: str, num_classes: int, memory_device):
+    from efficientnet.serving import inference_model
+
     strategy = engine.strategy
     with strategy.scope():
-        model = _build_model(cfg, num_classes)
+        # What predict.py and the export serve (BatchNorm folded), left as variables rather than frozen into
+        # constants so it runs under any strategy and with XLA.
+        model = inference_model(_build_model(cfg, num_classes))
     for bs in cfg.batch_sizes:
         def replica(bs=bs):
             # Runs on each replica's device, so the random batch is made where the model runs.

@@ -17,6 +17,7 @@ import os
 import tensorflow as tf
 
 import input as data
+from efficientnet.serving import serving_function
 # Reusing evaluation's own crop window and resize (rather than restating the formula) keeps the uint8
 # signature identical to evaluation.
 from input.preprocessing import center_crop_window, resize
@@ -48,10 +49,13 @@ class ExportConfig:
 
 
 class ServingModule(tf.Module):
+    """Both signatures run `model`'s frozen inference form (efficientnet.serving): the SavedModel holds its
+    weights as constants and no variables."""
+
     def __init__(self, model, class_names, image_size: int, resize_method: str, top_k: int,
                  crop_fraction: float | None = None):
         super().__init__(name="efficientnet_serving")
-        self.model = model
+        self._logits = serving_function(model, tf.TensorSpec([None, image_size, image_size, 3], tf.float32))
         self.image_size, self.resize_method, self.crop_fraction = image_size, resize_method, crop_fraction
         self.top_k = min(top_k, len(class_names))
         self.class_names = tuple(class_names)
@@ -62,7 +66,7 @@ class ServingModule(tf.Module):
         self._pixel_spec = tf.TensorSpec([size, size, 3], tf.float32)
 
     def _outputs(self, images):
-        probs = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32), axis=-1)
+        probs = tf.nn.softmax(tf.cast(self._logits(images), tf.float32), axis=-1)
         top_p, top_i = tf.math.top_k(probs, k=self.top_k)
         return {"probabilities": probs, "top_k_class_ids": top_i, "top_k_probabilities": top_p,
                 "top_k_class_names": tf.gather(tf.constant(self.class_names, tf.string), top_i)}
@@ -79,6 +83,13 @@ class ServingModule(tf.Module):
             return resize(tf.image.crop_to_bounding_box(img, *window), self.image_size, self.resize_method)
 
         return self._outputs(tf.map_fn(one, images, fn_output_signature=self._pixel_spec))
+
+
+def save(module: ServingModule, output: str):
+    tf.saved_model.save(module, output, signatures={
+        "serving_default": module.serve_bytes.get_concrete_function(),
+        "serving_uint8": module.serve_uint8.get_concrete_function(),
+    })
 
 
 def export(cfg: ExportConfig) -> dict:
@@ -99,10 +110,7 @@ def export(cfg: ExportConfig) -> dict:
     module = ServingModule(restored.model, display_class_names(spec), size, method, cfg.top_k, crop)
     if cfg.overwrite and tf.io.gfile.exists(cfg.output):
         tf.io.gfile.rmtree(cfg.output)
-    tf.saved_model.save(module, cfg.output, signatures={
-        "serving_default": module.serve_bytes.get_concrete_function(),
-        "serving_uint8": module.serve_uint8.get_concrete_function(),
-    })
+    save(module, cfg.output)
     info = {"checkpoint": restored.checkpoint_path, "model": f"efficientnet-{spec.variant}",
             "num_classes": spec.num_classes, "weights": weights, "image_size": size, "resize_method": method,
             "eval_crop_fraction": crop, "top_k": module.top_k,

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 import input as data
+from efficientnet.serving import serving_function
 from loops.config import PRECISIONS
 from loops.evaluation import latency_percentiles
 from loops.restore import display_class_names, restore
@@ -94,6 +95,19 @@ def _decode_error(path: str, image_size: int, resize_method: str, crop: float | 
     return "could not be decoded"
 
 
+def make_infer(model, batch_size: int, image_size: int):
+    """The traced batch -> probabilities function predict.py times: the model's frozen inference form
+    (efficientnet.serving), one fixed input shape."""
+    spec = tf.TensorSpec([batch_size, image_size, image_size, 3], tf.float32)
+    logits = serving_function(model, spec)
+
+    @tf.function(input_signature=[spec])
+    def infer(x):
+        return tf.nn.softmax(tf.cast(logits(x), tf.float32), axis=-1)
+
+    return infer
+
+
 def predict(cfg: PredictConfig) -> PredictResult:
     from loops.training import set_precision
 
@@ -119,10 +133,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     batches = images.ignore_errors().batch(bs).prefetch(2)
 
-    @tf.function(input_signature=[tf.TensorSpec([bs, size, size, 3], tf.float32)])
-    def infer(x):
-        return tf.nn.softmax(tf.cast(model(x, training=False), tf.float32), axis=-1)
-
+    infer = make_infer(model, bs, size)
     # Every batch is padded to the traced shape, so this one warm-up call pays for all tracing.
     infer(tf.zeros([bs, size, size, 3])).numpy()
     probs_by_index: dict[int, np.ndarray] = {}

@@ -10,9 +10,17 @@ def test_comparison_table_at_tiny_size(run_script):
     out = run_script("scripts/compare_with_keras.py", "--image_size", 32, "--batch_size", 4, "--steps", 2,
                      "--warmup_steps", 1, "--latency_calls", 5, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = re.findall(r"^\| (training img/s|batch-1 latency p50 ms|batch-1 latency p99 ms)[^|]*\| ([\d.]+) \| "
-                      r"([\d.]+) \| ([\d.]+) \|", out.stdout, re.M)
-    assert [r[0] for r in rows] == ["training img/s", "batch-1 latency p50 ms", "batch-1 latency p99 ms"]
+    rows = re.findall(r"^\| (training img/s|batch-1 latency p\d\d ms, [^|]*?)(?: \(higher is better\))? \| "
+                      r"([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out.stdout, re.M)
+    assert [r[0] for r in rows] == [
+        "training img/s",
+        "batch-1 latency p50 ms, predict.py path", "batch-1 latency p99 ms, predict.py path",
+        "batch-1 latency p50 ms, exported SavedModel, uint8 signature",
+        "batch-1 latency p99 ms, exported SavedModel, uint8 signature",
+        "batch-1 latency p50 ms, our unoptimised model (reference)",
+        "batch-1 latency p99 ms, our unoptimised model (reference)"]
     for _, base, ours, ratio in rows:
         assert float(base) > 0 and float(ours) > 0
         assert float(ratio) == pytest.approx(float(ours) / float(base), abs=0.01)
+    max_diff = re.search(r"Largest difference of served and unoptimised probabilities: (\S+)", out.stdout)
+    assert max_diff and float(max_diff.group(1)) <= 1e-5

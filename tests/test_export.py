@@ -1,5 +1,5 @@
-"""The exported SavedModel reloads with tf.saved_model.load and equals the in-process model through both
-signatures (encoded bytes and uint8 pixels), with evaluation preprocessing and EMA weights by default."""
+"""The exported SavedModel reloads with tf.saved_model.load and equals the in-process (unfolded) model through
+both signatures (encoded bytes and uint8 pixels), with evaluation preprocessing and EMA weights by default."""
 
 import json
 
@@ -32,6 +32,9 @@ def test_exported_savedmodel_round_trips(tiny_checkpoint, tmp_path):
 
     loaded = tf.saved_model.load(str(out))
     assert set(loaded.signatures) == {"serving_default", "serving_uint8"}
+    # The signatures serve the frozen, BatchNorm-folded network: weights are graph constants, not variables.
+    stored = [name for name, _ in tf.train.list_variables(str(out / "variables" / "variables"))]
+    assert stored == ["_CHECKPOINTABLE_OBJECT_GRAPH"]
     by_bytes = loaded.signatures["serving_default"](image_bytes=tf.constant(pngs + [jpg]))
     by_pixels = loaded.signatures["serving_uint8"](images=tf.constant(np.stack(arrays)))
     np.testing.assert_allclose(by_bytes["probabilities"].numpy(), expected, rtol=1e-5, atol=1e-7)
