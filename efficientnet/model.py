@@ -220,6 +220,28 @@ class BatchNorm(layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
+@tf.function(jit_compile=True)
+def _swish_gradient(x, dy):
+    s = tf.sigmoid(x)
+    return dy * (s * (1.0 + x * (1.0 - s)))
+
+
+@tf.custom_gradient
+def swish(x):
+    """x * sigmoid(x), as Keras's "swish", with its gradient compiled by XLA into one pass over memory.
+
+    TensorFlow's silu gradient is six separate element-wise ops (sigmoid recomputed, then subtract,
+    multiply, add, multiply, multiply), each a full pass over the activation; over B0's 49 swishes that
+    was about a quarter of a CPU training step's op time. XLA fuses the six into one loop (2.3x faster
+    forward + backward per activation here); only this small function is compiled, not the network.
+    """
+    return x * tf.sigmoid(x), lambda dy: _swish_gradient(x, dy)
+
+
+def _activation(params: ModelParams):
+    return swish if params.activation == "swish" else params.activation
+
+
 def _batch_norm(params: ModelParams, name: str) -> layers.Layer:
     return BatchNorm(momentum=params.bn_momentum, epsilon=params.bn_epsilon, synchronized=params.sync_bn,
                      name=name)
@@ -228,7 +250,7 @@ def _batch_norm(params: ModelParams, name: str) -> layers.Layer:
 def _mbconv(x, spec: BlockSpec, params: ModelParams):
     inputs = x
     name = spec.name
-    act = params.activation
+    act = _activation(params)
     if spec.expand_ratio != 1:
         x = layers.Conv2D(spec.filters_expanded, 1, padding="same", use_bias=False,
                           kernel_initializer=CONV_INIT, name=f"{name}_expand_conv")(x)
@@ -269,7 +291,7 @@ def build_model(variant: str = "b0", num_classes: int = 1000, *, image_size: int
 
 def build_from_params(params: ModelParams, *, image_size: int | None = None,
                       name: str = "efficientnet") -> keras.Model:
-    act = params.activation
+    act = _activation(params)
     inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
     std = [1.0 / s for s in IMAGENET_STD]
     x = layers.Rescaling(scale=std, offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
