@@ -19,6 +19,8 @@ def define_benchmark_flags():
     flags.DEFINE_integer("benchmark_steps", 20, "Timed steps per batch size and precision.")
     flags.DEFINE_integer("benchmark_warmup_steps", 5, "Untimed steps before them (tracing, autotuning).")
     flags.DEFINE_string("benchmark_output", None, "Results JSON (default: <model_dir>/<mode>.json).")
+    flags.DEFINE_string("benchmark_profile_dir", None, "If set, trace --benchmark_steps more steps per run with "
+                        "the TensorFlow profiler into this directory and print where the op time went.")
 
 
 def benchmark_config_from_flags(train: TrainConfig) -> BenchmarkConfig:
@@ -39,4 +41,5 @@ def benchmark_config_from_flags(train: TrainConfig) -> BenchmarkConfig:
     image_size = train.train_img_size if train.mode == "training_benchmark" else train.eval_img_size
     return BenchmarkConfig(train=train, mode=train.mode, batch_sizes=sizes, precisions=precisions,
                            image_size=image_size, steps=FLAGS.benchmark_steps,
-                           warmup_steps=FLAGS.benchmark_warmup_steps, output=FLAGS.benchmark_output)
+                           warmup_steps=FLAGS.benchmark_warmup_steps, output=FLAGS.benchmark_output,
+                           profile_dir=FLAGS.benchmark_profile_dir)

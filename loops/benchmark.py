@@ -41,6 +41,7 @@ class BenchmarkConfig:
     steps: int = 20  # timed
     warmup_steps: int = 5
     output: str | None = None  # None: <model_dir>/<mode>.json
+    profile_dir: str | None = None  # set: `steps` more steps per run traced here, op time tabled
 
     def __post_init__(self):
         if self.mode not in BENCHMARK_MODES:
@@ -139,7 +140,24 @@ def _time_steps(step, cfg: BenchmarkConfig, memory: MemoryPeak) -> list[float]:
     return seconds
 
 
-def _training_runs(cfg: BenchmarkConfig, engine: Engine, precision: str, num_classes: int, memory_device):
+def _profile_steps(step, cfg: BenchmarkConfig, logdir: str) -> dict:
+    """`cfg.steps` more steps under the TensorFlow profiler, after the timed ones so the profiler's own
+    cost stays out of the table; prints and returns where the op time went (loops/profiling.py)."""
+    from loops import profiling
+
+    tf.profiler.experimental.start(logdir)
+    try:
+        for _ in range(cfg.steps):
+            tf.nest.map_structure(lambda t: t.numpy(), step())
+    finally:
+        tf.profiler.experimental.stop()
+    summary = profiling.summarize(profiling.read_op_events(logdir), cfg.steps)
+    print(f"\nWhere the op time went (trace for TensorBoard's profile plugin: {logdir})"
+          f"{profiling.format_summary(summary)}\n", flush=True)
+    return {"logdir": logdir, **summary}
+
+
+def _training_runs(cfg: BenchmarkConfig, engine: Engine, precision: str, num_classes: int):
     from loops.ema import ExponentialMovingAverage
     from loops.optimization import create_optimizer, learning_rate_schedule
     from loops.steps import TrainState, make_train_step
@@ -156,12 +174,10 @@ def _training_runs(cfg: BenchmarkConfig, engine: Engine, precision: str, num_cla
         step_cfg = dataclasses.replace(base, train_batch_size=bs, grad_accum_steps=1)
         train_step = make_train_step(state, step_cfg, mixup_alpha=0.0, cutmix_alpha=0.0)
         iterator = _SyntheticIterator(strategy, bs, cfg.image_size, num_classes)
-        memory = MemoryPeak(memory_device)
-        seconds = _time_steps(lambda: train_step(iterator), cfg, memory)
-        yield bs, seconds, memory
+        yield bs, lambda: train_step(iterator)
 
 
-def _inference_runs(cfg: BenchmarkConfig, engine: Engine, precision: str, num_classes: int, memory_device):
+def _inference_runs(cfg: BenchmarkConfig, engine: Engine, precision: str, num_classes: int):
     from efficientnet.serving import inference_model
 
     strategy = engine.strategy
@@ -183,9 +199,7 @@ def _inference_runs(cfg: BenchmarkConfig, engine: Engine, precision: str, num_cl
         def step(replica=replica):
             return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica), axis=None)
 
-        memory = MemoryPeak(memory_device)
-        seconds = _time_steps(step, cfg, memory)
-        yield bs, seconds, memory
+        yield bs, step
 
 
 def _build_model(cfg: BenchmarkConfig, num_classes: int) -> keras.Model:
@@ -207,7 +221,9 @@ def run_benchmark(cfg: BenchmarkConfig, engine: Engine) -> dict:
     for precision in cfg.precisions:
         set_precision(precision)
         keras.utils.set_random_seed(cfg.train.seed)
-        for bs, seconds, memory in runs(cfg, engine, precision, num_classes, memory_device):
+        for bs, step in runs(cfg, engine, precision, num_classes):
+            memory = MemoryPeak(memory_device)
+            seconds = _time_steps(step, cfg, memory)
             lat = latency_percentiles(seconds)
             global_batch = bs * replicas
             row = {"precision": precision, "batch_size": bs, "global_batch_size": global_batch,
@@ -217,6 +233,8 @@ def run_benchmark(cfg: BenchmarkConfig, engine: Engine) -> dict:
             rows.append(row)
             print(f"  {cfg.mode} {precision} batch {bs}: {row['throughput']:.2f} img/s, "
                   f"avg {lat['latency_avg']:.2f} ms", flush=True)
+            if cfg.profile_dir:
+                row["profile"] = _profile_steps(step, cfg, os.path.join(cfg.profile_dir, f"{precision}_batch{bs}"))
         # Leaves the global policy as it was found: later code in the process builds fp32 models.
         set_precision("fp32")
         keras.backend.clear_session()

@@ -26,13 +26,14 @@ class ExponentialMovingAverage(tf.Module):
 
     def update(self, step):
         """Called in cross-replica context after update number `step` (1 after the first update)."""
-        decay = self.decay_at(step)
+        with tf.name_scope("ema"):  # so profiles (loops/profiling.py) can tell its ops apart
+            decay = self.decay_at(step)
 
-        def average(shadow, weight):
-            return shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(weight, shadow.dtype))
+            def average(shadow, weight):
+                return shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(weight, shadow.dtype))
 
-        for shadow, weight in zip(self.shadows, self._weights):
-            self._strategy.extended.update(shadow, average, args=(weight,), group=False)
+            for shadow, weight in zip(self.shadows, self._weights):
+                self._strategy.extended.update(shadow, average, args=(weight,), group=False)
 
     def swap(self):
         """Exchange model weights and shadows; calling it twice restores both."""

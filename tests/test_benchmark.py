@@ -42,11 +42,22 @@ def test_inference_benchmark_tables(run_script, tmp_path):
 def test_training_benchmark_table(run_script, tmp_path):
     proc = run_script("train.py", "--mode", "training_benchmark", "--model_dir", tmp_path, "--train_img_size", 32,
                       "--train_batch_size", 2, "--benchmark_precisions", "fp32", "--benchmark_steps", 3,
-                      "--benchmark_warmup_steps", 1)
+                      "--benchmark_warmup_steps", 1, "--benchmark_profile_dir", tmp_path / "profile")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "training_benchmark.json").read_text())
     _check(result, "training_benchmark", ["fp32"], [2], 32)
     assert "Training performance" in proc.stdout and len(_table_rows(proc.stdout)) == 1
+    # The profile: a trace TensorBoard can open, and the op time charged to every part of the step.
+    profile = result["results"][0]["profile"]
+    assert list((tmp_path / "profile" / "fp32_batch2").rglob("*.xplane.pb"))
+    parts = {name: ms for name, ms, _ in profile["part of the step"]}
+    assert {"forward", "backward", "optimizer", "EMA", "L2 penalty", "XLA clusters"} <= set(parts)
+    assert all(ms > 0 for ms in parts.values())
+    assert parts["backward"] > parts["EMA"]
+    kinds = {name for name, _, _ in profile["layer kind (forward + backward)"]}
+    assert {"depthwise conv", "batch norm", "squeeze-excite", "conv 1x1 / stem", "activation (swish)"} <= kinds
+    assert sum(pct for _, _, pct in profile["op type"]) == pytest.approx(100.0)
+    assert "| part of the step | ms per step | % of op time |" in proc.stdout
 
 
 def test_bad_benchmark_flags_name_the_flag(run_script, tmp_path):
@@ -56,3 +67,21 @@ def test_bad_benchmark_flags_name_the_flag(run_script, tmp_path):
     proc = run_script("train.py", "--mode", "inference_benchmark", "--model_dir", tmp_path,
                       "--benchmark_batch_sizes", "1,x")
     assert proc.returncode != 0 and "--benchmark_batch_sizes" in proc.stderr
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("efficientnet-b0_1/block2a_dwconv_1/depthwise", ("forward", "depthwise conv")),
+    ("gradient_tape/efficientnet-b0_1/block2a_expand_bn_1/FusedBatchNormGradV3", ("backward", "batch norm")),
+    ("replica_1/gradient_tape/efficientnet-b0_1/block3b_se_excite_1/Mul", ("backward", "squeeze-excite")),
+    ("efficientnet-b0_1/top_conv_1/convolution", ("forward", "conv 1x1 / stem")),
+    ("efficientnet-b0_1/block6d_drop_1/Mul", ("forward", "stochastic depth + residual")),
+    ("rm_sprop/Mul_559", ("optimizer", "optimizer")),
+    ("ema/mul_3", ("EMA", "EMA")),
+    ("gradient_tape/l2_penalty/Mul", ("L2 penalty", "L2 penalty")),
+    ("CpuExecutable::ExecuteAsyncOnStream", ("XLA clusters", "XLA clusters")),
+    ("Cast_25/ReadVariableOp", ("other", "loss, metrics, unattributed gradients")),
+])
+def test_profile_charges_each_op_to_its_part_and_layer(name, expected):
+    from loops.profiling import classify
+
+    assert classify(name) == expected
