@@ -1,10 +1,12 @@
-"""SavedModel export: two serving signatures that preprocess exactly as evaluation does.
+"""SavedModel export: two serving signatures that preprocess exactly as evaluation does, and one for images
+preprocessed already.
 
-  serving_default (image_bytes: string [N])      encoded images of any TF-decodable format and size
-  serving_uint8   (images: uint8 [N, H, W, 3])   decoded pixels, one size per batch
+  serving_default (image_bytes: string [N])       encoded images of any TF-decodable format and size
+  serving_uint8   (images: uint8 [N, H, W, 3])    decoded pixels, one size per batch
+  serving_pixels  (images: float32 [N, S, S, 3])  pixels in [0, 255], already centre-cropped and resized to S
 
-Both apply the evaluation centre crop (size / (size + 32) of the shorter side, or the run's own fraction) and
-resize, then return
+The first two apply the evaluation centre crop (size / (size + 32) of the shorter side, or the run's own
+fraction) and resize. All return
 probabilities [N, C], top_k_class_ids [N, k], top_k_probabilities [N, k] and top_k_class_names [N, k].
 """
 
@@ -49,7 +51,7 @@ class ExportConfig:
 
 
 class ServingModule(tf.Module):
-    """Both signatures run `model`'s frozen inference form (efficientnet.serving): the SavedModel holds its
+    """The signatures run `model`'s frozen inference form (efficientnet.serving): the SavedModel holds its
     weights as constants and no variables."""
 
     def __init__(self, model, class_names, image_size: int, resize_method: str, top_k: int,
@@ -63,6 +65,8 @@ class ServingModule(tf.Module):
         self.serve_bytes = tf.function(self._serve_bytes, input_signature=[tf.TensorSpec([None], tf.string)])
         self.serve_uint8 = tf.function(self._serve_uint8,
                                        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+        self.serve_pixels = tf.function(self._outputs,
+                                        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
         self._pixel_spec = tf.TensorSpec([size, size, 3], tf.float32)
 
     def _outputs(self, images):
@@ -89,6 +93,7 @@ def save(module: ServingModule, output: str):
     tf.saved_model.save(module, output, signatures={
         "serving_default": module.serve_bytes.get_concrete_function(),
         "serving_uint8": module.serve_uint8.get_concrete_function(),
+        "serving_pixels": module.serve_pixels.get_concrete_function(),
     })
 
 
@@ -115,7 +120,8 @@ def export(cfg: ExportConfig) -> dict:
             "num_classes": spec.num_classes, "weights": weights, "image_size": size, "resize_method": method,
             "eval_crop_fraction": crop, "top_k": module.top_k,
             "signatures": {"serving_default": "image_bytes: string [N] (encoded images)",
-                           "serving_uint8": "images: uint8 [N, H, W, 3]"},
+                           "serving_uint8": "images: uint8 [N, H, W, 3]",
+                           "serving_pixels": f"images: float32 [N, {size}, {size}, 3] in [0, 255], preprocessed"},
             "outputs": ["probabilities", "top_k_class_ids", "top_k_probabilities", "top_k_class_names"]}
     with tf.io.gfile.GFile(os.path.join(cfg.output, EXPORT_INFO), "w") as f:
         json.dump(info, f, indent=1)

@@ -15,8 +15,10 @@ def test_comparison_table_at_tiny_size(run_script):
     assert [r[0] for r in rows] == [
         "training img/s",
         "batch-1 latency p50 ms, predict.py path", "batch-1 latency p99 ms, predict.py path",
-        "batch-1 latency p50 ms, exported SavedModel, uint8 signature",
-        "batch-1 latency p99 ms, exported SavedModel, uint8 signature",
+        "batch-1 latency p50 ms, exported SavedModel, serving_pixels",
+        "batch-1 latency p99 ms, exported SavedModel, serving_pixels",
+        "batch-1 latency p50 ms, exported SavedModel, serving_uint8 (+ crop, resize)",
+        "batch-1 latency p99 ms, exported SavedModel, serving_uint8 (+ crop, resize)",
         "batch-1 latency p50 ms, our unoptimised model (reference)",
         "batch-1 latency p99 ms, our unoptimised model (reference)"]
     for _, base, ours, ratio in rows:

@@ -1,5 +1,6 @@
 """The exported SavedModel reloads with tf.saved_model.load and equals the in-process (unfolded) model through
-both signatures (encoded bytes and uint8 pixels), with evaluation preprocessing and EMA weights by default."""
+every signature (encoded bytes, uint8 pixels, preprocessed float pixels), with evaluation preprocessing and
+EMA weights by default."""
 
 import json
 
@@ -31,7 +32,7 @@ def test_exported_savedmodel_round_trips(tiny_checkpoint, tmp_path):
     expected = tf.nn.softmax(r.model(x, training=False)).numpy()
 
     loaded = tf.saved_model.load(str(out))
-    assert set(loaded.signatures) == {"serving_default", "serving_uint8"}
+    assert set(loaded.signatures) == {"serving_default", "serving_uint8", "serving_pixels"}
     # The signatures serve the frozen, BatchNorm-folded network: weights are graph constants, not variables.
     stored = [name for name, _ in tf.train.list_variables(str(out / "variables" / "variables"))]
     assert stored == ["_CHECKPOINTABLE_OBJECT_GRAPH"]
@@ -39,6 +40,8 @@ def test_exported_savedmodel_round_trips(tiny_checkpoint, tmp_path):
     by_pixels = loaded.signatures["serving_uint8"](images=tf.constant(np.stack(arrays)))
     np.testing.assert_allclose(by_bytes["probabilities"].numpy(), expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(by_pixels["probabilities"].numpy(), expected[:2], rtol=1e-5, atol=1e-7)
+    preprocessed = loaded.signatures["serving_pixels"](images=x)
+    np.testing.assert_allclose(preprocessed["probabilities"].numpy(), expected, rtol=1e-5, atol=1e-7)
     top = np.argsort(-expected, axis=1, kind="stable")[:, :3]
     np.testing.assert_array_equal(by_bytes["top_k_class_ids"].numpy(), top)
     np.testing.assert_allclose(by_bytes["top_k_probabilities"].numpy(),
