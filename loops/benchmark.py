@@ -157,7 +157,8 @@ def _profile_steps(step, cfg: BenchmarkConfig, logdir: str) -> dict:
     return {"logdir": logdir, **summary}
 
 
-def _training_runs(cfg: BenchmarkConfig, engine: Engine, precision: str, num_classes: int):
+def training_steps(cfg: BenchmarkConfig, engine: Engine, precision: str, num_classes: int):
+    """Yields (batch size, step) for each of cfg.batch_sizes: the real train step on synthetic batches."""
     from loops.ema import ExponentialMovingAverage
     from loops.optimization import create_optimizer, learning_rate_schedule
     from loops.steps import TrainState, make_train_step
@@ -177,7 +178,8 @@ def _training_runs(cfg: BenchmarkConfig, engine: Engine, precision: str, num_cla
         yield bs, lambda: train_step(iterator)
 
 
-def _inference_runs(cfg: BenchmarkConfig, engine: Engine, precision: str, num_classes: int):
+def inference_steps(cfg: BenchmarkConfig, engine: Engine, precision: str, num_classes: int):
+    """Yields (batch size, step) for each of cfg.batch_sizes: the served network on synthetic batches."""
     from efficientnet.serving import inference_model
 
     strategy = engine.strategy
@@ -215,7 +217,7 @@ def run_benchmark(cfg: BenchmarkConfig, engine: Engine) -> dict:
     gpus = tf.config.list_logical_devices("GPU")
     memory_device = "GPU:0" if gpus else None
     num_classes = cfg.train.num_classes or 1000
-    runs = _training_runs if cfg.mode == "training_benchmark" else _inference_runs
+    runs = training_steps if cfg.mode == "training_benchmark" else inference_steps
     replicas = engine.num_replicas
     rows = []
     for precision in cfg.precisions:

@@ -3,19 +3,20 @@ command, on the same synthetic batches, so the ratios hold on whatever machine r
 
     .venv/bin/python scripts/compare_with_keras.py [--variant b0] [--image_size 224] [--batch_size 32]
 
-Baselines: `keras.applications.EfficientNetB0` + `compile` + `fit` (RMSprop, label-smoothed cross-entropy) for
-training, and a `tf.function` call of the same Keras model at batch 1 for latency. Ours: the training
-benchmark mode of train.py (loops/benchmark.py), which does more per step than the baseline (the L2 penalty
-over all conv/dense weights and the EMA update of every weight); for latency, the function predict.py calls
+Baselines: `keras.applications.EfficientNetB0` + `compile` (RMSprop, label-smoothed cross-entropy), timed by
+calling the train function `fit` runs once per batch, for training; and a `tf.function` call of the same
+Keras model at batch 1 for latency. Ours: the step of train.py's training benchmark (loops/benchmark.py),
+which does more per step than the baseline (the L2 penalty over all conv/dense weights and the EMA update of
+every weight); for latency, the function predict.py calls
 (loops.prediction.make_infer) and the exported SavedModel loaded back with tf.saved_model.load, through its
 `serving_pixels` signature (preprocessed images, like the baseline's input; it also takes the top-k) and,
 end to end, through `serving_uint8` (which also crops and resizes). Our unoptimised model, called like the
 baseline, is timed as a reference.
 
-Latency calls go round-robin over the candidates, one call each in turn, so load from other processes on a
-shared machine falls on all of them alike. Both networks get random BatchNorm statistics and biases instead
-of their initial ones (zero means and offsets), as after training: zero biases would let grappler drop the
-bias adds, which changes which ops it fuses.
+Training steps and latency calls go round-robin over the candidates, one call each in turn, so load from other
+processes on a shared machine falls on all of them alike. Both networks get random BatchNorm statistics and
+biases instead of their initial ones (zero means and offsets), as after training: zero biases would let
+grappler drop the bias adds, which changes which ops it fuses.
 """
 
 import os
@@ -33,7 +34,7 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 import efficientnet  # noqa: E402
-from loops.benchmark import BenchmarkConfig, run_benchmark  # noqa: E402
+from loops.benchmark import BenchmarkConfig, training_steps  # noqa: E402
 from loops.config import TrainConfig  # noqa: E402
 from loops.distribution import Engine  # noqa: E402
 from loops.evaluation import latency_percentiles  # noqa: E402
@@ -48,7 +49,8 @@ WARMUP = flags.DEFINE_integer("warmup_steps", 3, "Untimed steps first (tracing, 
 LATENCY_CALLS = flags.DEFINE_integer("latency_calls", 300, "Timed batch-1 inference calls per candidate.")
 
 
-def keras_fit_throughput(variant, size, batch, steps, warmup) -> float:
+def keras_fit_step(variant, size, batch):
+    """Keras's compiled training step, the function Model.fit calls once per batch, on one synthetic batch."""
     keras.utils.set_random_seed(0)
     build = getattr(keras.applications, f"EfficientNet{variant.upper()}")
     model = build(weights=None, input_shape=(size, size, 3), classifier_activation=None)
@@ -56,11 +58,19 @@ def keras_fit_throughput(variant, size, batch, steps, warmup) -> float:
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1))
     x = tf.random.uniform((batch, size, size, 3), maxval=255.0)
     y = tf.one_hot(tf.random.uniform((batch,), maxval=1000, dtype=tf.int32), 1000)
-    data = tf.data.Dataset.from_tensors((x, y)).repeat()
-    model.fit(data, steps_per_epoch=warmup, epochs=1, verbose=0)
-    start = time.perf_counter()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0)
-    return batch * steps / (time.perf_counter() - start)
+    iterator = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+    model.make_train_function()
+    return lambda: model.train_function(iterator)
+
+
+def our_train_step(variant, size, batch, model_dir):
+    """Our training step as train.py's training benchmark runs it (loss, L2, RMSprop, EMA)."""
+    cfg = BenchmarkConfig(train=TrainConfig(model_dir=model_dir, variant=variant, num_classes=1000),
+                          mode="training_benchmark", batch_sizes=(batch,), precisions=("fp32",), image_size=size)
+    engine = Engine(tf.distribute.OneDeviceStrategy("/gpu:0" if tf.config.list_logical_devices("GPU")
+                                                    else "/cpu:0"), "one_device")
+    _, step = next(training_steps(cfg, engine, "fp32", 1000))
+    return step
 
 
 def trained_like(model, seed):
@@ -78,8 +88,9 @@ def trained_like(model, seed):
     return model
 
 
-def round_robin_latency(candidates: dict, calls: int, warmup: int = 5) -> dict:
-    """{name: (fn, input)} -> {name: latency percentiles}, calling each candidate once per round."""
+def round_robin(candidates: dict, calls: int, warmup: int) -> dict:
+    """{name: (fn, input)} -> {name: seconds of each timed call}, calling each candidate once per round, so
+    load from other processes on a shared machine falls on all of them alike."""
     for fn, x in candidates.values():
         for _ in range(warmup):
             tf.nest.map_structure(lambda t: t.numpy(), fn(x))
@@ -89,7 +100,7 @@ def round_robin_latency(candidates: dict, calls: int, warmup: int = 5) -> dict:
             start = time.perf_counter()
             tf.nest.map_structure(lambda t: t.numpy(), fn(x))  # waits for the result
             seconds[name].append(time.perf_counter() - start)
-    return {name: latency_percentiles(s) for name, s in seconds.items()}
+    return seconds
 
 
 def latency_candidates(variant, size, saved_dir) -> tuple[dict, float]:
@@ -115,25 +126,20 @@ def latency_candidates(variant, size, saved_dir) -> tuple[dict, float]:
     return candidates, max_diff
 
 
-def ours(mode, variant, size, batch, steps, warmup) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = BenchmarkConfig(train=TrainConfig(model_dir=tmp, variant=variant, num_classes=1000),
-                              mode=mode, batch_sizes=(batch,), precisions=("fp32",), image_size=size,
-                              steps=steps, warmup_steps=warmup)
-        engine = Engine(tf.distribute.OneDeviceStrategy("/cpu:0" if not tf.config.list_logical_devices("GPU")
-                                                        else "/gpu:0"), "one_device")
-        return run_benchmark(cfg, engine)["results"][0]
-
-
 def main(argv):
     del argv
     v, size = VARIANT.value, IMAGE_SIZE.value
     load_before = os.getloadavg()
-    base_train = keras_fit_throughput(v, size, BATCH.value, STEPS.value, WARMUP.value)
-    our_train = ours("training_benchmark", v, size, BATCH.value, STEPS.value, WARMUP.value)["throughput"]
+    with tempfile.TemporaryDirectory() as model_dir:
+        keras_step, our_step = keras_fit_step(v, size, BATCH.value), our_train_step(v, size, BATCH.value, model_dir)
+        train_seconds = round_robin({"keras": (lambda _: keras_step(), None), "ours": (lambda _: our_step(), None)},
+                                    STEPS.value, WARMUP.value)
+    base_train, our_train = (BATCH.value * STEPS.value / sum(train_seconds[k]) for k in ("keras", "ours"))
+    del keras_step, our_step
+    keras.backend.clear_session()
     with tempfile.TemporaryDirectory() as saved_dir:
         candidates, max_diff = latency_candidates(v, size, saved_dir)
-        lat = round_robin_latency(candidates, LATENCY_CALLS.value)
+        lat = {name: latency_percentiles(s) for name, s in round_robin(candidates, LATENCY_CALLS.value, 5).items()}
     rows = [("training img/s (higher is better)", base_train, our_train, ">= 1.3")]
     for name, what, goal in (("predict", "predict.py path", "<= 0.7"),
                              ("exported", "exported SavedModel, serving_pixels", "<= 0.7"),
