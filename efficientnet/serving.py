@@ -39,13 +39,15 @@ def _producer(layer):
 
 
 def _fold_pairs(model: keras.Model) -> dict[str, str]:
-    """{conv name: batch-norm name} for every BatchNorm whose input is a convolution feeding nothing else."""
+    """{conv name: batch-norm name} for every BatchNorm whose input is a convolution without activation
+    feeding nothing else."""
     pairs = {}
     for bn in model.layers:
         if not isinstance(bn, layers.BatchNormalization) or len(bn._inbound_nodes) != 1:
             continue
         conv = _producer(bn)
-        if (isinstance(conv, _FOLDABLE) and bn.axis in (-1, len(bn.input.shape) - 1)
+        if (isinstance(conv, _FOLDABLE) and conv.activation is keras.activations.linear
+                and bn.axis in (-1, len(bn.input.shape) - 1)
                 and conv.data_format == "channels_last"
                 and len(conv._inbound_nodes) == 1 and len(conv._outbound_nodes) == 1):
             pairs[conv.name] = bn.name
