@@ -129,6 +129,15 @@ def serving_function(model: keras.Model, input_spec: tf.TensorSpec) -> Callable[
     `inference_model(model)` with its weights frozen into constants: later changes to `model` do not
     reach it. Callable eagerly and from inside other tf.functions (a SavedModel's signatures)."""
     served = inference_model(model)
-    traced = tf.function(lambda images: served(images, training=False)).get_concrete_function(input_spec)
-    frozen = convert_variables_to_constants_v2(traced)
-    return lambda images: frozen(images)[0]
+
+    # Named functions, not lambdas: AutoGraph cannot find a lambda's source when the callers' tf.functions
+    # convert it, and warns on every trace.
+    def logits(images):
+        return served(images, training=False)
+
+    frozen = convert_variables_to_constants_v2(tf.function(logits).get_concrete_function(input_spec))
+
+    def frozen_logits(images):
+        return frozen(images)[0]
+
+    return frozen_logits
