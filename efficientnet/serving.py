@@ -141,3 +141,21 @@ def serving_function(model: keras.Model, input_spec: tf.TensorSpec) -> Callable[
         return frozen(images)[0]
 
     return frozen_logits
+
+
+def with_trained_like_statistics(model: keras.Model, seed: int = 0) -> keras.Model:
+    """Gives `model` random BatchNorm statistics, scales and offsets and conv biases in the ranges trained
+    networks have, for checking and timing the fold: at initialisation (zero means and offsets) the folded
+    biases are zero, a wrong fold (axis, epsilon, order) hides, and grappler drops the bias adds, which
+    changes what it fuses."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0.0, 0.5, n))
+            layer.moving_variance.assign(rng.uniform(0.2, 3.0, n))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n))
+            layer.beta.assign(rng.normal(0.0, 0.3, n))
+        elif isinstance(layer, layers.Conv2D) and layer.use_bias:
+            layer.bias.assign(rng.normal(0.0, 0.1, layer.bias.shape))
+    return model

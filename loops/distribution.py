@@ -76,7 +76,7 @@ def under_horovodrun() -> bool:
 def create_engine(engine: str = "auto", *, fp16_allreduce: bool = False, collective_timeout_s: float | None = None,
                   sync_bn: bool = False) -> Engine:
     """Horovod under horovodrun (or --engine horovod); else one device, MirroredStrategy over all local GPUs,
-    or MultiWorkerMirroredStrategy from TF_CONFIG."""
+    or MultiWorkerMirroredStrategy from TF_CONFIG or, in a multi-task srun step, from Slurm's environment."""
     if engine not in ENGINES:
         raise ValueError(f"--engine={engine!r}: must be one of {', '.join(ENGINES)}")
     if engine == "horovod" or (engine == "auto" and under_horovodrun()):
@@ -90,6 +90,10 @@ def create_engine(engine: str = "auto", *, fp16_allreduce: bool = False, collect
         return HorovodEngine(fp16_allreduce=fp16_allreduce, timeout_s=collective_timeout_s)
     if fp16_allreduce:
         raise ValueError("--hvd_fp16_allreduce only applies to --engine horovod (run under horovodrun)")
+    from loops.slurm import export_tf_config
+
+    if not os.environ.get("TF_CONFIG"):  # set by the user or by the `python -m loops.slurm` wrapper
+        export_tf_config()  # a plain `srun python train.py` with several tasks: the cluster from Slurm
     multi = _multi_worker_from_tf_config()
     if multi and multi[0] > 1:
         # A killed worker fails the others at once (its channel closes) and TF's coordination service notices

@@ -117,19 +117,27 @@ def tf_config_from_slurm() -> dict | None:
     return {"cluster": resolver.cluster_spec().as_dict(), "task": {"type": task_type, "index": task_id}}
 
 
+def export_tf_config() -> None:
+    """Inside a multi-task srun step, sets TF_CONFIG from Slurm's environment (unless already set), so that
+    MultiWorkerMirroredStrategy finds its cluster. Must run before TensorFlow initializes its devices: on
+    GPU nodes the resolver also sets this task's CUDA_VISIBLE_DEVICES."""
+    config = tf_config_from_slurm()
+    if config is None:
+        return
+    if os.environ.get("TF_CONFIG"):
+        print("loops.slurm: TF_CONFIG is already set; leaving it as is", file=sys.stderr)
+        return
+    os.environ["TF_CONFIG"] = json.dumps(config)
+    print(f"loops.slurm: worker {config['task']['index']} of "
+          f"{len(config['cluster']['worker'])}: {config['cluster']['worker']}", file=sys.stderr)
+
+
 def main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: python -m loops.slurm ENTRY_POINT.py [flags...]  (under srun: exports TF_CONFIG from "
               "Slurm's environment, then runs ENTRY_POINT.py in this process)")
         sys.exit(0 if argv else 2)
-    config = tf_config_from_slurm()
-    if config is not None:
-        if os.environ.get("TF_CONFIG"):
-            print("loops.slurm: TF_CONFIG is already set; leaving it as is", file=sys.stderr)
-        else:
-            os.environ["TF_CONFIG"] = json.dumps(config)
-            print(f"loops.slurm: worker {config['task']['index']} of "
-                  f"{len(config['cluster']['worker'])}: {config['cluster']['worker']}", file=sys.stderr)
+    export_tf_config()
     script = argv[0]
     sys.argv = argv
     # The entry point's own directory first on sys.path, as `python script.py` would have it.

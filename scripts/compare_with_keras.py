@@ -34,6 +34,7 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 import efficientnet  # noqa: E402
+from efficientnet.serving import with_trained_like_statistics  # noqa: E402
 from loops.benchmark import BenchmarkConfig, training_steps  # noqa: E402
 from loops.config import TrainConfig  # noqa: E402
 from loops.distribution import Engine  # noqa: E402
@@ -73,21 +74,6 @@ def our_train_step(variant, size, batch, model_dir):
     return step
 
 
-def trained_like(model, seed):
-    """Random BatchNorm statistics, scales, offsets and conv biases, in the ranges trained networks have."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0.0, 0.5, n))
-            layer.moving_variance.assign(rng.uniform(0.2, 3.0, n))
-            layer.gamma.assign(rng.uniform(0.5, 1.5, n))
-            layer.beta.assign(rng.normal(0.0, 0.3, n))
-        elif isinstance(layer, keras.layers.Conv2D) and layer.use_bias:
-            layer.bias.assign(rng.normal(0.0, 0.1, layer.bias.shape))
-    return model
-
-
 def round_robin(candidates: dict, calls: int, warmup: int) -> dict:
     """{name: (fn, input)} -> {name: seconds of each timed call}, calling each candidate once per round, so
     load from other processes on a shared machine falls on all of them alike."""
@@ -107,9 +93,9 @@ def latency_candidates(variant, size, saved_dir) -> tuple[dict, float]:
     """The timed callables and their inputs, and the largest difference between the probabilities of our
     served model and of the unoptimised one."""
     keras.utils.set_random_seed(0)
-    base = trained_like(getattr(keras.applications, f"EfficientNet{variant.upper()}")(
+    base = with_trained_like_statistics(getattr(keras.applications, f"EfficientNet{variant.upper()}")(
         weights=None, input_shape=(size, size, 3)), 0)
-    model = trained_like(efficientnet.build_model(variant, 1000), 1)
+    model = with_trained_like_statistics(efficientnet.build_model(variant, 1000), 1)
     image = tf.random.uniform((1, size, size, 3), maxval=255.0)
     infer = make_infer(model, 1, size)
     unoptimised = tf.function(lambda x: tf.nn.softmax(model(x, training=False), axis=-1))

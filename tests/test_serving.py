@@ -11,29 +11,13 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 import efficientnet
 import input as data
-from efficientnet.serving import inference_model, serving_function
+from efficientnet.serving import inference_model, serving_function, with_trained_like_statistics
 from input import testdata
 from loops.restore import restore
 
 SIZE = 64
 # float32 rounding differs (the folded kernel is w * s, not (x * w) * s); measured differences are about 1e-6.
 LOGITS_ATOL, PROBS_ATOL = 1e-4, 1e-5
-
-
-def _with_trained_like_statistics(model, seed=0):
-    """BatchNorm statistics, scales and offsets and conv biases far from their initial 0/1 values, so a
-    wrong fold (axis, epsilon, order) shows in the outputs."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0.0, 0.5, n))
-            layer.moving_variance.assign(rng.uniform(0.2, 3.0, n))
-            layer.gamma.assign(rng.uniform(0.5, 1.5, n))
-            layer.beta.assign(rng.normal(0.0, 0.3, n))
-        elif isinstance(layer, keras.layers.Conv2D) and layer.use_bias:
-            layer.bias.assign(rng.normal(0.0, 0.1, layer.bias.shape))
-    return model
 
 
 def _real_images(size, crop=None):
@@ -44,7 +28,7 @@ def _real_images(size, crop=None):
 
 
 def test_folded_network_matches_the_model_and_has_no_batch_norm():
-    model = _with_trained_like_statistics(efficientnet.build_model("b0", 10))
+    model = with_trained_like_statistics(efficientnet.build_model("b0", 10))
     x = _real_images(SIZE)
     expected = model(x, training=False).numpy()
 
@@ -62,18 +46,18 @@ def test_folded_network_matches_the_model_and_has_no_batch_norm():
 
 
 def test_frozen_function_keeps_the_weights_it_was_made_with():
-    model = _with_trained_like_statistics(efficientnet.build_model("b0", 10))
+    model = with_trained_like_statistics(efficientnet.build_model("b0", 10))
     x = _real_images(SIZE)
     logits = serving_function(model, tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32))
     before = logits(x).numpy()
-    _with_trained_like_statistics(model, seed=1)
+    with_trained_like_statistics(model, seed=1)
     np.testing.assert_array_equal(logits(x).numpy(), before)
 
 
 def test_mixed_precision_model_folds_under_its_policy():
     try:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-        model = _with_trained_like_statistics(efficientnet.build_model("b0", 10))
+        model = with_trained_like_statistics(efficientnet.build_model("b0", 10))
         x = _real_images(SIZE)
         expected = model(x, training=False).numpy()
         logits = serving_function(model, tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32))(x).numpy()
@@ -86,7 +70,7 @@ def test_mixed_precision_model_folds_under_its_policy():
 
 def test_grappler_fuses_conv_bias_and_swish_into_one_kernel():
     """The point of the rewrite: on oneDNN CPUs every Conv2D + bias + swish runs as one fused kernel."""
-    model = _with_trained_like_statistics(efficientnet.build_model("b0", 10))
+    model = with_trained_like_statistics(efficientnet.build_model("b0", 10))
     served = inference_model(model)
     traced = tf.function(lambda images: served(images, training=False)).get_concrete_function(
         tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32))

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -131,6 +132,34 @@ def test_step_exiting_75_requeues_the_job_which_then_finishes(slurm_env, tmp_pat
     assert rank1["tf_config"]["task"] == {"type": "worker", "index": 1}
     assert len(rank1["tf_config"]["cluster"]["worker"]) == 2
     assert "--model_dir" in rank1["argv"] and str(tmp_path / "model") in rank1["argv"]
+
+
+ENGINE_PROBE = """
+import json, os, sys
+sys.path.insert(0, os.getcwd())
+from loops.distribution import create_engine
+engine = create_engine()
+print(json.dumps({"rank": int(os.environ["SLURM_PROCID"]), "engine": engine.name, "replicas": engine.num_replicas,
+                  "chief": engine.is_chief, "task": json.loads(os.environ["TF_CONFIG"])["task"]}), flush=True)
+"""
+
+
+def test_plain_srun_builds_the_multiworker_engine_from_slurm(slurm_env, tmp_path):
+    """`srun -n 2 python train.py`, without the loops.slurm wrapper: create_engine reads Slurm's environment."""
+    probe = tmp_path / "engine_probe.py"
+    probe.write_text(ENGINE_PROBE)
+    env = {k: v for k, v in slurm_env.items() if k != "TF_CONFIG"}
+    proc = subprocess.run(["srun", "-N", "1", "-n", "2", "--time=5", sys.executable, str(probe)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    tasks = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
+                   key=lambda t: t["rank"])
+    assert [t["rank"] for t in tasks] == [0, 1], proc.stdout + proc.stderr[-3000:]
+    for t in tasks:
+        assert t["engine"] == "multi_worker_mirrored" and t["replicas"] == 2
+        assert t["task"] == {"type": "worker", "index": t["rank"]}
+    assert [t["chief"] for t in tasks] == [True, False]
+    assert len(re.findall(r"loops\.slurm: worker \d of 2", proc.stderr)) == 2
 
 
 def test_resolver_outside_srun_is_none_and_cpu_nodes_skip_nvidia_smi(monkeypatch):
