@@ -299,7 +299,8 @@ def test_horovod_train_py_killed_rank_fails_the_others_quickly(tmp_path):
     assert re.search(r"\[0\]<stdout>:\s+engine\s+horovod", output), output[-3000:]
     assert re.search(r"replicas\s+2", output), output[-3000:]
     assert launcher.returncode != 0
-    assert "Horovod has been shut down" in output or "Connection closed by peer" in output, output[-3000:]
+    # The survivor's collective fails on the dead peer's socket: Gloo says closed or reset, by timing.
+    assert re.search(r"Horovod has been shut down|Connection (closed|reset) by peer", output), output[-3000:]
     assert seconds < 30, seconds  # measured 1.5-2 s idle, 10 s at load 4 (horovodrun's SIGTERM, then SIGKILL)
     print(f"horovodrun exited {seconds:.1f} s after the kill")
 
