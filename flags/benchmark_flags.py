@@ -38,6 +38,15 @@ def benchmark_config_from_flags(train: TrainConfig) -> BenchmarkConfig:
         import tensorflow as tf
 
         precisions = default_precisions(bool(tf.config.list_physical_devices("GPU")))
+    if FLAGS.benchmark_profile_dir:
+        import tensorflow as tf
+
+        # Checked now: the profiler would only fail after the timed runs, losing their table.
+        try:
+            tf.io.gfile.makedirs(FLAGS.benchmark_profile_dir)
+        except (tf.errors.OpError, OSError) as e:
+            raise ValueError(f"--benchmark_profile_dir={FLAGS.benchmark_profile_dir}: cannot create it ({e})") \
+                from None
     image_size = train.train_img_size if train.mode == "training_benchmark" else train.eval_img_size
     return BenchmarkConfig(train=train, mode=train.mode, batch_sizes=sizes, precisions=precisions,
                            image_size=image_size, steps=FLAGS.benchmark_steps,

@@ -61,6 +61,12 @@ def test_training_benchmark_table(run_script, tmp_path):
 
 
 def test_bad_benchmark_flags_name_the_flag(run_script, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run_script("train.py", "--mode", "training_benchmark", "--model_dir", tmp_path,
+                      "--benchmark_profile_dir", blocker / "profile")
+    assert proc.returncode != 0 and f"--benchmark_profile_dir={blocker / 'profile'}" in proc.stderr
+    assert not (tmp_path / "training_benchmark.json").exists()
     proc = run_script("train.py", "--mode", "inference_benchmark", "--model_dir", tmp_path,
                       "--benchmark_precisions", "fp64")
     assert proc.returncode != 0 and "--benchmark_precisions" in proc.stderr
