@@ -5,26 +5,14 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
-
-from flags import predict_flags  # noqa: E402
-
-predict_flags.define_predict_flags()
+from flags import cli  # noqa: E402
+from loops.serving.config import PredictConfig  # noqa: E402
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        cfg = predict_flags.predict_config_from_flags()
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    from loops import prediction
-    try:
-        result = prediction.predict(cfg)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"predict.py: error: {e}", file=sys.stderr)
-        return 1
+def work(cfg: PredictConfig) -> int:
+    from loops.serving import prediction
+
+    result = prediction.predict(cfg)
     print(prediction.format_rows(result.rows))
     for r in result.errors:
         print(f"predict.py: could not read {r['file']}: {r['error']}", file=sys.stderr)
@@ -36,4 +24,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run("predict.py", PredictConfig, work)

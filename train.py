@@ -1,43 +1,32 @@
-"""Train (and evaluate) EfficientNet: `python train.py --data_dir ... --model_dir ...`; see --helpfull."""
+"""Train (and evaluate) EfficientNet: `python train.py --data_dir ... --model_dir ...`; see --helpfull.
+
+Flags keep the names of NVIDIA's EfficientNet TF2 scripts, so existing launch scripts carry over.
+"""
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
-
-from flags import benchmark_flags, train_flags  # noqa: E402
-
-train_flags.define_train_flags()
-benchmark_flags.define_benchmark_flags()
+from flags import cli  # noqa: E402
+from loops.config import BENCHMARK_MODES, TrainConfig  # noqa: E402
+from loops.safety import RUN_ERRORS  # noqa: E402
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        cfg = train_flags.train_config_from_flags()
-        bench = benchmark_flags.benchmark_config_from_flags(cfg) if cfg.mode.endswith("_benchmark") else None
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    from loops.distribution import engine_for
-    try:
-        engine = engine_for(cfg)  # --engine: Horovod under horovodrun, else tf.distribute
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    if bench is not None:
-        from loops.benchmark import run_benchmark
-        run_benchmark(bench, engine)
-        return
-    from loops.safety import RUN_ERRORS
-    from loops.training import train
-    try:
+def work(cfg: TrainConfig) -> int:
+    # TensorFlow loads here, after the flags were checked: --help and bad flags answer at once.
+    from loops.parallel.distribution import engine_for
+
+    engine = engine_for(cfg)  # --engine: Horovod under horovodrun, else tf.distribute
+    if cfg.mode in BENCHMARK_MODES:
+        from loops.bench.benchmark import run_benchmark
+
+        run_benchmark(cfg, engine)
+    else:
+        from loops.training import train
+
         train(cfg, engine)
-    except RUN_ERRORS as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run("train.py", TrainConfig, work, errors=RUN_ERRORS)

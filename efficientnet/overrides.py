@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable
 
-from efficientnet.model import ModelParams
+from efficientnet.params import ModelParams
 
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(ModelParams)}
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}

@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 from keras import layers
 
-from efficientnet.model import build_from_params, ModelParams
+from efficientnet.model import build_from_params
+from efficientnet.params import ModelParams
 
 
 @dataclasses.dataclass(frozen=True)

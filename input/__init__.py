@@ -1,16 +1,24 @@
 """Input pipeline: files on disk -> batches of (images, labels).
 
 Sources: ImageNet-format TFRecord shards, TFDS datasets, plain image folders, and the embedded digits demo.
+The configs (input.config) are plain Python and load at once; the TensorFlow parts on first use (PEP 562),
+so command-line parsing does not pay for TensorFlow.
 """
-from input.config import AugmentConfig, DataConfig, DatasetInfo, Shard
-from input.mixing import mix_batch
-from input.pipeline import (eval_dataset, eval_records, eval_steps, train_dataset, train_records,
-                            worker_input_context)
-from input.preprocessing import preprocess_for_eval, preprocess_for_train
-from input.sources import open_dataset
+import importlib
 
-__all__ = [
-    "AugmentConfig", "DataConfig", "DatasetInfo", "Shard", "eval_dataset", "eval_records", "eval_steps",
-    "mix_batch", "open_dataset", "preprocess_for_eval", "preprocess_for_train", "train_dataset", "train_records",
-    "worker_input_context",
-]
+from input.config import AugmentConfig, DataConfig, DatasetInfo, Shard
+
+_TENSORFLOW_PARTS = {
+    "mix_batch": "input.mixing", "eval_dataset": "input.pipeline", "eval_records": "input.pipeline",
+    "eval_steps": "input.pipeline", "train_dataset": "input.pipeline", "train_records": "input.pipeline",
+    "worker_input_context": "input.pipeline", "preprocess_for_eval": "input.preprocessing",
+    "preprocess_for_train": "input.preprocessing", "open_dataset": "input.datasets",
+}
+
+__all__ = ["AugmentConfig", "DataConfig", "DatasetInfo", "Shard", *_TENSORFLOW_PARTS]
+
+
+def __getattr__(name):
+    if name not in _TENSORFLOW_PARTS:
+        raise AttributeError(f"module 'input' has no attribute {name!r}")
+    return getattr(importlib.import_module(_TENSORFLOW_PARTS[name]), name)

@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     from input.build_tfrecords import build
     from input.config import AugmentConfig, DataConfig
     from input.pipeline import train_dataset
-    from input.sources import open_dataset
+    from input.datasets import open_dataset
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,65 +4,62 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from flags.settings import NON_NEGATIVE, Settings, require, setting, within
+
 SOURCES = ("auto", "tfrecord", "tfds", "folder")
 RESIZE_METHODS = ("bilinear", "bicubic")
-AUGMENTERS = (None, "autoaugment", "randaugment")
+AUGMENTERS = ("autoaugment", "randaugment")
 
 # Crop parameters of the reference recipe (Inception-style random crop).
 DEFAULT_CROP_AREA = (0.05, 1.0)
 DEFAULT_CROP_ASPECT = (3.0 / 4.0, 4.0 / 3.0)
 
 
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    data_dir: str | None = None
-    source: str = "auto"
-    dataset: str | None = None
-    manual_dir: str | None = None
-    labels_zero_based: bool = False
-    skip_corrupt: bool = False
-    resize_method: str = "bilinear"
-    demo_cache_dir: str | None = None
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig(Settings):
+    data_dir: str | None = setting(
+        None, "Dataset directory: TFRecord shards (train-*, validation-*), a TFDS data_dir, or an image folder "
+        "(train/<class>/*, validation/<class>/*). Empty: the embedded demo dataset (scikit-learn digits).")
+    source: str = setting("auto", "What --data_dir holds; auto detects it.", flag="data_source", choices=SOURCES)
+    dataset: str | None = setting(None, "TFDS dataset name (e.g. imagenet2012) when --data_source=tfds.")
+    manual_dir: str | None = setting(None, "TFDS manual_dir with the ImageNet tars, for offline preparation.")
+    labels_zero_based: bool = setting(False, "TFRecord labels are already 0-based (ImageNet's are 1-based).")
+    skip_corrupt: bool = setting(False, "Skip and count undecodable images instead of stopping.")
+    resize_method: str | None = setting(None, "Image resize interpolation (default: bilinear when training; the "
+                                              "run's own when evaluating a checkpoint).", choices=RESIZE_METHODS)
+    demo_cache_dir: str | None = setting(None, "Where the demo dataset's TFRecords are cached.")
     # Only needed for TFRecord shards that carry neither a labels file nor a count file: without it the
     # class count is found by scanning the validation labels once.
     num_classes: int | None = None
 
-    def __post_init__(self):
-        if self.source not in SOURCES:
-            raise ValueError(f"--source must be one of {SOURCES}, got {self.source!r}")
-        if self.resize_method not in RESIZE_METHODS:
-            raise ValueError(f"--resize_method must be one of {RESIZE_METHODS}, got {self.resize_method!r}")
-        if self.source == "tfds" and not self.dataset and self.data_dir is None:
-            raise ValueError("--source=tfds needs --dataset (a TFDS name such as imagenet2012)")
-        if self.num_classes is not None and self.num_classes < 1:
-            raise ValueError(f"--num_classes must be >= 1, got {self.num_classes}")
-        if self.manual_dir is not None and not os.path.isdir(self.manual_dir):
-            raise ValueError(f"--manual_dir {self.manual_dir!r} is not a directory")
-        if self.data_dir is None and self.source in ("tfrecord", "folder"):
-            raise ValueError(f"--source={self.source} needs --data_dir")
+    @property
+    def interpolation(self) -> str:
+        """The resize method the pipeline uses: --resize_method, else bilinear."""
+        return self.resize_method or "bilinear"
+
+    def validate(self):
+        require(not (self.source == "tfds" and not self.dataset and self.data_dir is None), "data_source",
+                self.source, "needs --dataset (a TFDS name such as imagenet2012) or --data_dir")
+        require(self.num_classes is None or self.num_classes >= 1, "num_classes", self.num_classes,
+                "must be positive")
+        require(self.manual_dir is None or os.path.isdir(self.manual_dir), "manual_dir", self.manual_dir,
+                "is not a directory")
+        require(not (self.data_dir is None and self.source in ("tfrecord", "folder")), "data_source", self.source,
+                "needs --data_dir")
 
 
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    augmenter_name: str | None = None
-    raug_num_layers: int = 2
-    raug_magnitude: float = 10.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    defer_img_mixing: bool = False
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AugmentConfig(Settings):
+    augmenter_name: str | None = setting(None, "Image augmentation policy.", choices=AUGMENTERS)
+    raug_num_layers: int = setting(2, "RandAugment: operations per image.", rule=NON_NEGATIVE)
+    raug_magnitude: float = setting(10.0, "RandAugment magnitude (of the last stage).", rule=within(0, 30))
+    mixup_alpha: float = setting(0.0, "Mixup alpha (of the last stage); 0 disables.", rule=NON_NEGATIVE)
+    cutmix_alpha: float = setting(0.0, "CutMix alpha (of the last stage); 0 disables.", rule=NON_NEGATIVE)
+    defer_img_mixing: bool = setting(False, "Mix images in the train step instead of the input pipeline.")
 
-    def __post_init__(self):
-        name = self.augmenter_name
-        if name is not None and name not in AUGMENTERS:
-            raise ValueError(f"--augmenter_name must be one of autoaugment, randaugment or empty, got {name!r}")
-        if self.raug_num_layers < 0:
-            raise ValueError(f"--raug_num_layers must be >= 0, got {self.raug_num_layers}")
-        if not 0.0 <= self.raug_magnitude <= 30.0:
-            raise ValueError(f"--raug_magnitude must be in [0, 30], got {self.raug_magnitude}")
-        if self.mixup_alpha < 0:
-            raise ValueError(f"--mixup_alpha must be >= 0, got {self.mixup_alpha}")
-        if self.cutmix_alpha < 0:
-            raise ValueError(f"--cutmix_alpha must be >= 0, got {self.cutmix_alpha}")
+    def validate(self):
+        require(not self.defer_img_mixing or self.mixing, "defer_img_mixing", self.defer_img_mixing,
+                "needs --mixup_alpha or --cutmix_alpha > 0")
 
     @property
     def mixing(self) -> bool:

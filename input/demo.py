@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 
+from input import build_tfrecords
 from input.config import DataConfig
 from input.sources import INFO_FILE, open_tfrecord_dir
 
@@ -46,8 +47,6 @@ def _write_image_folder(root: str) -> None:
 
 def ensure_demo_tfrecords(cache_dir: str | None = None) -> str:
     """Returns a directory of complete demo shards, building it on first use."""
-    from input import build_tfrecords
-
     base = cache_dir or default_cache_dir()
     final = os.path.join(base, DEMO_VERSION)
     # The info file is written last by the converter and the directory is renamed into place only after it,

@@ -152,7 +152,7 @@ def train_records(info: DatasetInfo, cfg: DataConfig, *, image_size: int, input_
     units, by_record = train_units(info, input_context, seed)
 
     def decode(image_bytes, s):
-        return preprocessing.preprocess_for_train(image_bytes, image_size, s, cfg.resize_method, info.crop_area,
+        return preprocessing.preprocess_for_train(image_bytes, image_size, s, cfg.interpolation, info.crop_area,
                                                   info.random_flip, info.eval_crop_fraction)
 
     cycle = min(16 if info.record_format == "tfrecord" else 64, len(info.train_shards))
@@ -246,7 +246,7 @@ def eval_records(info: DatasetInfo, cfg: DataConfig, *, image_size: int, input_c
         lambda p, c, lab: (p, c, lab, tf.zeros([2], tf.int64)))
 
     def decode(image_bytes, _seed):
-        return preprocessing.preprocess_for_eval(image_bytes, image_size, cfg.resize_method, info.eval_crop_fraction)
+        return preprocessing.preprocess_for_eval(image_bytes, image_size, cfg.interpolation, info.eval_crop_fraction)
 
     cycle = min(8 if info.record_format == "tfrecord" else 64, len(mine))
     stream = _record_stream(info, units, decode, num_workers=n, worker=w, by_record=by_record,

@@ -1,4 +1,4 @@
-"""Finding the data: resolves --data_dir / --dataset into a DatasetInfo (files, counts, classes).
+"""Finding the data on disk: which layout --data_dir holds, and the TFRecord and image-folder readers.
 
 Everything here is plain Python on file names and file headers; no image is decoded.
 """
@@ -59,7 +59,7 @@ def _class_dirs(split_dir: str) -> list[str]:
     return sorted(e for e in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, e)))
 
 
-def _tfds_names(d: str) -> list[str]:
+def tfds_names(d: str) -> list[str]:
     names = []
     for name in sorted(os.listdir(d)):
         if glob.glob(os.path.join(d, name, "*", "dataset_info.json")) or glob.glob(
@@ -81,26 +81,10 @@ def detect_source(cfg: DataConfig) -> str:
         return "tfrecord"
     if _is_folder_dir(d):
         return "folder"
-    if _tfds_names(d):
+    if tfds_names(d):
         return "tfds"
     what = "is empty" if not os.listdir(d) else "holds no dataset in a known layout"
     raise FileNotFoundError(f"--data_dir {d} {what}. Looked for:\n" + _LOOKED_FOR.format(d=d))
-
-
-def open_dataset(cfg: DataConfig) -> DatasetInfo:
-    """Resolves the configured source into a DatasetInfo; raises FileNotFoundError/ValueError on bad input."""
-    if cfg.data_dir is None and not cfg.dataset:
-        from input import demo
-
-        return demo.open_demo(cfg)
-    source = detect_source(cfg)
-    if source == "tfrecord":
-        return open_tfrecord_dir(cfg.data_dir, labels_zero_based=cfg.labels_zero_based, num_classes=cfg.num_classes)
-    if source == "folder":
-        return open_image_folder(cfg.data_dir)
-    from input import tfds_source
-
-    return tfds_source.open_tfds(cfg)
 
 
 # --------------------------------------------------------------------------------------- TFRecord shards

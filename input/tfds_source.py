@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from input.config import DataConfig, DatasetInfo, Shard
+from input.sources import tfds_names
 
 
 EVAL_SPLITS = ("validation", "test")
@@ -56,9 +57,7 @@ def open_tfds(cfg: DataConfig) -> DatasetInfo:
     data_dir = cfg.data_dir or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
     name = cfg.dataset
     if not name:
-        from input.sources import _tfds_names
-
-        names = _tfds_names(data_dir) if os.path.isdir(data_dir) else []
+        names = tfds_names(data_dir) if os.path.isdir(data_dir) else []
         if len(names) != 1:
             raise ValueError(f"--data_dir {data_dir} holds TFDS datasets {names or 'none'}; choose one with --dataset")
         name = names[0]

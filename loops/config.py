@@ -1,13 +1,19 @@
-"""The one configuration object a training run is described by; entry points build it from flags."""
+"""The configs of train.py and evaluate.py: every setting declared once (flags.settings), with its flag name
+(the reference's), default, help and rule. Plain Python: no TensorFlow.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
+from efficientnet import canonical_variant, params_for, parse_overrides
+from flags.settings import NON_NEGATIVE, POSITIVE, Rule, Settings, group, require, required, setting, within
 from input.config import AugmentConfig, DataConfig
 
 MODES = ("train_and_eval", "train", "eval", "training_benchmark", "inference_benchmark")
+BENCHMARK_MODES = ("training_benchmark", "inference_benchmark")
 PRECISIONS = ("fp32", "tf32", "amp_fp16", "amp_bf16")
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 LR_DECAYS = ("cosine", "exponential")
@@ -15,101 +21,148 @@ EVAL_WEIGHTS = ("raw", "ema", "both")
 ENGINES = ("auto", "tf_distribute", "horovod")
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    model_dir: str
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
-    mode: str = "train_and_eval"
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrecisionSettings(Settings):
+    """--precision, or the reference's --use_amp; after validation `precision` is always one of PRECISIONS."""
+
+    precision: str | None = setting(None, "Numeric precision (default fp32, or amp_fp16 with --use_amp).",
+                                    choices=PRECISIONS)
+    use_amp: bool = setting(False, "Mixed precision float16 with dynamic loss scaling (= --precision amp_fp16).")
+
+    def validate(self):
+        super().validate()
+        require(not self.use_amp or self.precision in (None, "amp_fp16", "amp_bf16"), "use_amp", self.use_amp,
+                f"contradicts --precision={self.precision}; pass one of them")
+        if self.precision is None:
+            self._resolve("precision", "amp_fp16" if self.use_amp else "fp32")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckpointSettings(Settings):
+    ckpt: str | None = setting(None, "Checkpoint prefix (model_dir/ckpt-N) or a model_dir written by train.py "
+                                     "(then its latest checkpoint).")
+
+    def validate(self):
+        super().validate()
+        required(self.ckpt, "ckpt", "a checkpoint prefix or a model_dir")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BenchmarkSettings(Settings):
+    """train.py --mode training_benchmark / inference_benchmark (loops.bench.benchmark)."""
+
+    batch_sizes: tuple[int, ...] = setting(
+        (), "Batch sizes per replica to benchmark (default: inference 1,8,32; training --train_batch_size).",
+        flag="benchmark_batch_sizes", parse=lambda items: tuple(int(b) for b in items),
+        rule=Rule(lambda sizes: all(b > 0 for b in sizes), "need positive batch sizes"))
+    precisions: tuple[str, ...] = setting(
+        (), "Precisions to benchmark (default: fp32, amp_fp16, amp_bf16, and tf32 on GPU).",
+        flag="benchmark_precisions", parse=tuple,
+        rule=Rule(lambda ps: all(p in PRECISIONS for p in ps), f"each must be one of {', '.join(PRECISIONS)}"))
+    steps: int = setting(20, "Timed steps per batch size and precision.", flag="benchmark_steps", rule=POSITIVE)
+    warmup_steps: int = setting(5, "Untimed steps before them (tracing, autotuning).", flag="benchmark_warmup_steps",
+                                rule=NON_NEGATIVE)
+    output: str | None = setting(None, "Results JSON (default: <model_dir>/<mode>.json).", flag="benchmark_output")
+    profile_dir: str | None = setting(None, "If set, trace --benchmark_steps more steps per run with the "
+                                            "TensorFlow profiler into this directory and print where the op time "
+                                            "went.", flag="benchmark_profile_dir")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig(PrecisionSettings):
+    """Everything a train.py run is described by."""
+
+    model_dir: str = setting("/tmp/efficientnet", "Checkpoints, logs and summaries; a run resumes from the "
+                                                  "latest checkpoint here.")
+    data: DataConfig = group(DataConfig)
+    augment: AugmentConfig = group(AugmentConfig)
+    mode: str = setting("train_and_eval", "What to run.", choices=MODES)
     # model
-    variant: str = "b0"
-    num_classes: int | None = None  # None: the dataset's class count
-    model_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # precision and compilation
-    precision: str = "fp32"
-    use_xla: bool = False
+    variant: str = setting("efficientnet-b0", "Model variant: efficientnet-b0 .. efficientnet-b7 (or b0..b7).",
+                           flag="arch")
+    num_classes: int | None = setting(None, "Classifier width (default: the dataset's class count).",
+                                      rule=POSITIVE)
+    model_overrides: dict[str, Any] = setting(
+        {}, "Model overrides key=value[,key=value], e.g. dropout_rate=0.3,bn_momentum=0.9.", flag="mparams",
+        parse=parse_overrides)
+    use_xla: bool = setting(False, "Compile the forward/backward pass with XLA.")
     # batches and images; batch sizes are per replica, as in the reference
-    train_batch_size: int = 32
-    eval_batch_size: int = 32
-    train_img_size: int = 224
-    eval_img_size: int = 224
-    base_img_size: int = 128
-    n_stages: int = 1
-    base_raug_magnitude: float = 5.0
-    base_mixup_alpha: float = 0.0
-    base_cutmix_alpha: float = 0.0
-    grad_accum_steps: int = 1
+    train_batch_size: int = setting(32, "Training batch size per replica (per micro-batch).", rule=POSITIVE)
+    eval_batch_size: int = setting(32, "Evaluation batch size per replica.", rule=POSITIVE)
+    train_img_size: int = setting(224, "Training image size (of the last stage).", rule=POSITIVE)
+    eval_img_size: int = setting(224, "Evaluation image size.", rule=POSITIVE)
+    base_img_size: int = setting(128, "Training image size of the first stage.", rule=POSITIVE)
+    n_stages: int = setting(1, "Stages of progressive resizing.", rule=POSITIVE)
+    base_raug_magnitude: float = setting(5.0, "RandAugment magnitude of the first stage.", rule=within(0, 30))
+    base_mixup_alpha: float = setting(0.0, "Mixup alpha of the first stage.", rule=NON_NEGATIVE)
+    base_cutmix_alpha: float = setting(0.0, "CutMix alpha of the first stage.", rule=NON_NEGATIVE)
+    grad_accum_steps: int = setting(1, "Micro-batches averaged into each optimizer update.", rule=POSITIVE)
     # schedule
-    max_epochs: int = 500
-    steps_per_epoch: int | None = None  # None: the dataset's examples // global batch
-    warmup_epochs: float = 5.0
-    lr_init: float = 0.005  # for a global batch of 128; scaled linearly
-    lr_decay: str = "cosine"
-    lr_decay_rate: float = 0.97
-    lr_decay_epochs: float = 2.4
+    max_epochs: int = setting(500, "Training epochs.", rule=POSITIVE)
+    steps_per_epoch: int | None = setting(None, "Steps per epoch (default: train examples // global batch).",
+                                          rule=POSITIVE)
+    warmup_epochs: float = setting(5.0, "Epochs of linear learning-rate warmup from 0.", rule=NON_NEGATIVE)
+    lr_init: float = setting(0.005, "Learning rate for a global batch of 128; scaled linearly.", rule=POSITIVE)
+    lr_decay: str = setting("cosine", "Decay after warmup.", choices=LR_DECAYS)
+    lr_decay_rate: float = setting(0.97, "Exponential decay factor.", rule=within(0, 1, low_open=True))
+    lr_decay_epochs: float = setting(2.4, "Epochs between exponential decays.", rule=POSITIVE)
     # optimizer and loss
-    optimizer: str = "rmsprop"
-    momentum: float = 0.9
-    rho: float = 0.9
-    epsilon: float = 1e-3
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    weight_decay: float = 5e-6
-    label_smoothing: float = 0.1
-    moving_average_decay: float = 0.9999  # 0 disables EMA
+    optimizer: str = setting("rmsprop", "Optimizer.", choices=OPTIMIZERS)
+    momentum: float = setting(0.9, "Momentum of RMSprop and SGD.")
+    rho: float = setting(0.9, "RMSprop decay of the squared-gradient average.")
+    epsilon: float = setting(1e-3, "Optimizer epsilon (inside the square root for RMSprop).", flag="opt_epsilon")
+    beta_1: float = setting(0.9, "AdamW beta_1.")
+    beta_2: float = setting(0.999, "AdamW beta_2.")
+    weight_decay: float = setting(5e-6, "L2 coefficient on conv and dense weights (none on BatchNorm); AdamW: "
+                                        "decoupled decay.", rule=NON_NEGATIVE)
+    label_smoothing: float = setting(0.1, "Label smoothing of the training loss.", rule=within(0, 1, high_open=True))
+    moving_average_decay: float = setting(0.9999, "EMA decay of the shadow weights; 0 disables EMA.",
+                                          rule=within(0, 1, high_open=True))
     # evaluation, checkpoints, logs
-    epochs_between_evals: int = 1
-    eval_weights: str = "both"
-    save_checkpoint_freq: int = 10  # epochs
-    save_checkpoint_steps: int | None = None  # also every N steps, for runs whose epochs are long
-    max_bad_steps: int = 20  # consecutive non-finite losses that stop the run
-    keep_checkpoints: int = 3
-    log_steps: int = 100
-    seed: int = 0
-    # parallel engine (loops.distribution.create_engine)
-    engine: str = "auto"  # auto: horovod under horovodrun, else tf.distribute
-    hvd_fp16_allreduce: bool = False
-    collective_timeout_s: float | None = None  # None: collectives wait for their peers without a bound
+    eval_weights: str = setting("both", "Weights evaluated during training.", choices=EVAL_WEIGHTS)
+    epochs_between_evals: int = setting(1, "Evaluate every N epochs in train_and_eval.", rule=POSITIVE)
+    save_checkpoint_freq: int = setting(10, "Save a checkpoint every N epochs (and at the end).", rule=POSITIVE)
+    save_checkpoint_steps: int | None = setting(None, "Also save a checkpoint every N steps (long epochs).",
+                                                rule=POSITIVE)
+    max_bad_steps: int = setting(20, "Stop after this many consecutive steps with a non-finite loss.",
+                                 rule=POSITIVE)
+    keep_checkpoints: int = setting(3, "Checkpoints kept in --model_dir.", rule=POSITIVE)
+    log_steps: int = setting(100, "Steps between logged training metrics (the host reads them only then).",
+                             rule=POSITIVE)
+    seed: int = setting(0, "Random seed of weights, data order and augmentation.")
+    # parallel engine (loops.parallel.distribution.create_engine)
+    engine: str = setting("auto", "Parallel engine: horovod (one process per device, started by horovodrun) or "
+                                  "tf_distribute (one device, all local GPUs, or TF_CONFIG workers). auto: horovod "
+                                  "when horovodrun's HOROVOD_RANK/HOROVOD_SIZE are set.", choices=ENGINES)
+    hvd_fp16_allreduce: bool = setting(False, "Horovod: send gradients as float16 in the allreduce.")
+    collective_timeout_s: float | None = setting(
+        None, "Seconds a cross-worker collective may wait before failing (TF_CONFIG workers: "
+              "CommunicationOptions timeout; Horovod: HOROVOD_GLOO_TIMEOUT_SECONDS). Default: no bound for "
+              "TF_CONFIG, Gloo's 30 s for Horovod.", rule=POSITIVE)
+    benchmark: BenchmarkSettings = group(BenchmarkSettings)
 
-    def __post_init__(self):
-        def need(ok: bool, flag: str, value: Any, rule: str):
-            if not ok:
-                raise ValueError(f"--{flag}={value!r}: {rule}")
-
-        choices = [("mode", MODES), ("precision", PRECISIONS), ("optimizer", OPTIMIZERS),
-                   ("lr_decay", LR_DECAYS), ("eval_weights", EVAL_WEIGHTS), ("engine", ENGINES)]
-        for name, allowed in choices:
-            need(getattr(self, name) in allowed, name, getattr(self, name), f"must be one of {', '.join(allowed)}")
-        for name in ["train_batch_size", "eval_batch_size", "train_img_size", "eval_img_size", "base_img_size",
-                     "n_stages", "grad_accum_steps", "max_epochs", "epochs_between_evals",
-                     "save_checkpoint_freq", "keep_checkpoints", "log_steps"]:
-            need(getattr(self, name) > 0, name, getattr(self, name), "must be positive")
-        need(self.save_checkpoint_steps is None or self.save_checkpoint_steps > 0, "save_checkpoint_steps",
-             self.save_checkpoint_steps, "must be positive")
-        need(self.max_bad_steps > 0, "max_bad_steps", self.max_bad_steps, "must be positive")
-        need(self.steps_per_epoch is None or self.steps_per_epoch > 0, "steps_per_epoch", self.steps_per_epoch,
-             "must be positive")
-        need(self.num_classes is None or self.num_classes > 0, "num_classes", self.num_classes, "must be positive")
-        need(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "must be >= 0")
-        need(self.warmup_epochs <= self.max_epochs, "warmup_epochs", self.warmup_epochs,
-             f"cannot exceed --max_epochs={self.max_epochs}")
-        need(self.lr_init > 0, "lr_init", self.lr_init, "must be positive")
-        need(0 < self.lr_decay_rate <= 1, "lr_decay_rate", self.lr_decay_rate, "must be in (0, 1]")
-        need(self.lr_decay_epochs > 0, "lr_decay_epochs", self.lr_decay_epochs, "must be positive")
-        need(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
-        need(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "must be in [0, 1)")
-        need(0 <= self.moving_average_decay < 1, "moving_average_decay", self.moving_average_decay,
-             "must be in [0, 1)")
-        need(self.n_stages <= self.max_epochs, "n_stages", self.n_stages,
-             f"cannot exceed --max_epochs={self.max_epochs} (every stage needs an epoch)")
-        need(self.n_stages == 1 or self.base_img_size <= self.train_img_size, "base_img_size",
-             self.base_img_size, f"must not exceed --train_img_size={self.train_img_size}")
-        need(self.collective_timeout_s is None or self.collective_timeout_s > 0, "collective_timeout_s",
-             self.collective_timeout_s, "must be positive")
-        need(not self.hvd_fp16_allreduce or self.engine != "tf_distribute", "hvd_fp16_allreduce",
-             self.hvd_fp16_allreduce, "only applies to --engine horovod, not --engine tf_distribute")
-        need(self.eval_weights == "raw" or self.moving_average_decay > 0, "eval_weights", self.eval_weights,
-             "needs EMA weights, but --moving_average_decay=0 disables them")
+    def validate(self):
+        super().validate()
+        try:
+            self._resolve("variant", canonical_variant(self.variant))
+        except ValueError as e:
+            require(False, "arch", self.variant, str(e))
+        require("num_classes" not in self.model_overrides, "mparams", self.model_overrides,
+                "set the class count with --num_classes, not --mparams num_classes=...")
+        try:
+            params_for(self.variant, **self.model_overrides)  # override values checked now, not after data loading
+        except ValueError as e:
+            require(False, "mparams", self.model_overrides, str(e))
+        require(self.warmup_epochs <= self.max_epochs, "warmup_epochs", self.warmup_epochs,
+                f"cannot exceed --max_epochs={self.max_epochs}")
+        require(self.n_stages <= self.max_epochs, "n_stages", self.n_stages,
+                f"cannot exceed --max_epochs={self.max_epochs} (every stage needs an epoch)")
+        require(self.n_stages == 1 or self.base_img_size <= self.train_img_size, "base_img_size",
+                self.base_img_size, f"must not exceed --train_img_size={self.train_img_size}")
+        require(not self.hvd_fp16_allreduce or self.engine != "tf_distribute", "hvd_fp16_allreduce",
+                self.hvd_fp16_allreduce, "only applies to --engine horovod, not --engine tf_distribute")
+        require(self.eval_weights == "raw" or self.moving_average_decay > 0, "eval_weights", self.eval_weights,
+                "needs EMA weights, but --moving_average_decay=0 disables them")
 
     @property
     def use_ema(self) -> bool:
@@ -117,4 +170,26 @@ class TrainConfig:
 
     @property
     def weights_to_evaluate(self) -> tuple[str, ...]:
-        return ("raw", "ema") if self.eval_weights == "both" else (self.eval_weights,)
+        return weights_to_evaluate(self.eval_weights)
+
+    @property
+    def benchmark_output(self) -> str:
+        return self.benchmark.output or os.path.join(self.model_dir, f"{self.mode}.json")
+
+
+def weights_to_evaluate(choice: str) -> tuple[str, ...]:
+    """"both" -> ("raw", "ema"); "raw" or "ema" -> itself."""
+    return ("raw", "ema") if choice == "both" else (choice,)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig(PrecisionSettings, CheckpointSettings):
+    """evaluate.py: a checkpoint's raw and/or EMA weights over an evaluation set."""
+
+    data: DataConfig = group(DataConfig)
+    weights: str = setting("both", "Which weights to evaluate: the raw trained ones, their exponential moving "
+                                   "average, or both (reporting each and the better).", choices=EVAL_WEIGHTS)
+    eval_batch_size: int = setting(32, "Evaluation batch size per replica.", rule=POSITIVE)
+    eval_img_size: int | None = setting(None, "Evaluation image size (default: the run's, from run_spec.json).",
+                                        rule=POSITIVE)
+    output: str | None = setting(None, "Where the results JSON goes (default: <model_dir>/eval-<ckpt-N>.json).")

@@ -26,7 +26,7 @@ class ExponentialMovingAverage(tf.Module):
 
     def update(self, step):
         """Called in cross-replica context after update number `step` (1 after the first update)."""
-        with tf.name_scope("ema"):  # so profiles (loops/profiling.py) can tell its ops apart
+        with tf.name_scope("ema"):  # so profiles (loops/bench/profiling.py) can tell its ops apart
             decay = self.decay_at(step)
 
             def average(shadow, weight):

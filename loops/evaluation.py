@@ -1,4 +1,5 @@
-"""Evaluation over a distributed, padded dataset: every example counted once, per-batch latencies kept."""
+"""Evaluation over a distributed, padded dataset: every example counted once, per-batch latencies kept; raw
+and EMA weights alike, for train.py's periodic evaluation and evaluate.py."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import dataclasses
 import time
 
 import numpy as np
+
+import input as data
+from loops.parallel.distribution import Engine
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -54,3 +58,39 @@ def evaluate(eval_step, dist_dataset, *, global_batch: int, warmup_batches: int 
     n = max(totals["count"], 1.0)
     return EvalResult(loss=totals["loss"] / n, top1=totals["top1"] / n, top5=totals["top5"] / n,
                       count=int(totals["count"]), batch_seconds=tuple(times), batch_size=global_batch)
+
+
+def evaluate_weights(engine: Engine, info: data.DatasetInfo, data_cfg: data.DataConfig, eval_step, *,
+                     batch_size: int, image_size: int, ema=None) -> dict:
+    """The model's weights (or, given `ema`, its EMA shadows swapped in and back) over the whole eval set;
+    metric names carry the suffix "_ema" for EMA. `batch_size` is per replica."""
+    global_batch = batch_size * engine.num_replicas
+
+    def dataset_fn(ctx):
+        ctx = engine.input_context(ctx)
+        return data.eval_dataset(info, data_cfg, batch_size=ctx.get_per_replica_batch_size(global_batch),
+                                 image_size=image_size, input_context=ctx)
+
+    dataset = engine.strategy.distribute_datasets_from_function(dataset_fn)
+    if ema is not None:
+        ema.swap()
+    try:
+        result = evaluate(eval_step, dataset, global_batch=global_batch)
+    finally:
+        if ema is not None:
+            ema.swap()
+    return result.metrics(engine.num_replicas, suffix="" if ema is None else "_ema")
+
+
+def evaluate_all(engine: Engine, info: data.DatasetInfo, data_cfg: data.DataConfig, eval_step, *,
+                 weights: tuple[str, ...], batch_size: int, image_size: int, ema=None) -> dict:
+    """Each of `weights` ("raw", "ema") under its own metric names, and, for both, which one was better."""
+    metrics = {}
+    for which in weights:
+        metrics.update(evaluate_weights(engine, info, data_cfg, eval_step, batch_size=batch_size,
+                                        image_size=image_size, ema=ema if which == "ema" else None))
+    if len(weights) == 2:
+        best = "_ema" if metrics["eval_accuracy_top_1_ema"] > metrics["eval_accuracy_top_1"] else ""
+        metrics["best_weights"] = "ema" if best else "raw"
+        metrics["best_eval_accuracy_top_1"] = metrics[f"eval_accuracy_top_1{best}"]
+    return metrics

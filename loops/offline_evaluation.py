@@ -1,5 +1,5 @@
 """evaluate.py's work: restore a checkpoint and evaluate its raw and/or EMA weights with the training loop's
-own distributed evaluation (loops.training.evaluate_all), so both report the same numbers the same way."""
+own distributed evaluation (loops.evaluation.evaluate_all), so both report the same numbers the same way."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import os
 import tensorflow as tf
 
 import input as data
-from input.config import DataConfig
-from loops.config import PRECISIONS, TrainConfig
-from loops.distribution import Engine
-from loops.restore import WEIGHTS, restore
+from loops.config import EvalConfig, weights_to_evaluate
+from loops.evaluation import evaluate_all
+from loops.parallel.distribution import Engine
+from loops.precision import set_precision
+from loops.restore import restore
 from loops.steps import make_eval_step
 
 # The reference's metric names, in the order its README lists them (plus our average and median latency).
@@ -25,33 +26,9 @@ UNITS = {"avg_exp_per_second_eval": "img/s", "avg_exp_per_second_eval_per_GPU": 
          "latency_90pct": "ms per batch", "latency_95pct": "ms per batch", "latency_99pct": "ms per batch"}
 
 
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    ckpt: str
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    weights: str = "both"
-    eval_batch_size: int = 32  # per replica
-    eval_img_size: int | None = None  # None: the size the run evaluated at (run_spec.json)
-    resize_method: str | None = None  # None: the run's
-    precision: str = "fp32"
-    output: str | None = None  # None: <model_dir>/eval-<ckpt-N>.json
-
-    def __post_init__(self):
-        if self.weights not in WEIGHTS:
-            raise ValueError(f"--weights={self.weights!r}: must be one of {', '.join(WEIGHTS)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision={self.precision!r}: must be one of {', '.join(PRECISIONS)}")
-        if self.eval_batch_size < 1:
-            raise ValueError(f"--eval_batch_size={self.eval_batch_size}: must be positive")
-        if self.eval_img_size is not None and self.eval_img_size < 1:
-            raise ValueError(f"--eval_img_size={self.eval_img_size}: must be positive")
-
-
 def evaluate_checkpoint(cfg: EvalConfig, engine: Engine) -> dict:
     """Returns the flat metrics dict (raw names, `_ema` suffix for EMA) plus what was evaluated; writes it
     as JSON (chief only) and returns the path under "results_json"."""
-    from loops.training import evaluate_all, set_precision
-
     set_precision(cfg.precision)
     restored = restore(cfg.ckpt, engine.strategy, with_ema=cfg.weights != "raw")
     spec = restored.spec
@@ -65,17 +42,14 @@ def evaluate_checkpoint(cfg: EvalConfig, engine: Engine) -> dict:
                   flush=True)
             weights = "raw"
     image_size = cfg.eval_img_size or spec.eval_img_size
-    data_cfg = dataclasses.replace(cfg.data, resize_method=cfg.resize_method or spec.resize_method)
+    data_cfg = dataclasses.replace(cfg.data, resize_method=cfg.data.resize_method or spec.resize_method)
     info = data.open_dataset(data_cfg)
     if info.num_classes > spec.num_classes:
         raise ValueError(f"{info.description} has {info.num_classes} classes but the checkpoint's model has "
                          f"{spec.num_classes} outputs; is --data_dir the dataset it was trained on?")
-    # evaluate_all reads only the evaluation fields of this TrainConfig.
-    train_cfg = TrainConfig(model_dir=restored.model_dir, data=data_cfg, variant=spec.variant,
-                            num_classes=spec.num_classes, model_overrides=dict(spec.model_overrides),
-                            precision=cfg.precision, eval_batch_size=cfg.eval_batch_size, eval_img_size=image_size,
-                            eval_weights=weights, moving_average_decay=0.5 if restored.has_ema else 0.0)
-    metrics = evaluate_all(train_cfg, engine, info, restored.ema, make_eval_step(restored.model, engine))
+    metrics = evaluate_all(engine, info, data_cfg, make_eval_step(restored.model, engine),
+                           weights=weights_to_evaluate(weights), batch_size=cfg.eval_batch_size,
+                           image_size=image_size, ema=restored.ema)
     results = {"checkpoint": restored.checkpoint_path, "model": f"efficientnet-{spec.variant}",
                "data": info.description, "weights": weights, "eval_img_size": image_size,
                "eval_batch_size": cfg.eval_batch_size, "replicas": engine.num_replicas, "precision": cfg.precision,

@@ -86,5 +86,5 @@ def decayed_variables(model: keras.Model) -> list:
 
 def l2_penalty(variables, weight_decay: float) -> tf.Tensor:
     """weight_decay * sum(w^2): the reference's 5e-6 equals 1e-5 * sum(w^2) / 2."""
-    with tf.name_scope("l2_penalty"):  # so profiles (loops/profiling.py) can tell its ops apart
+    with tf.name_scope("l2_penalty"):  # so profiles (loops/bench/profiling.py) can tell its ops apart
         return weight_decay * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])

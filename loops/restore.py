@@ -15,7 +15,6 @@ import tensorflow as tf
 from loops.checkpoints import RUN_SPEC, RunSpec, make_checkpoint, resolve_checkpoint
 from loops.ema import ExponentialMovingAverage
 
-WEIGHTS = ("raw", "ema", "both")
 
 
 @dataclasses.dataclass
@@ -33,7 +32,8 @@ class Restored:
     def use_ema_weights(self):
         """Copies the EMA shadows into the model for good (for predict/export, which never need raw again)."""
         if self.ema is None:
-            raise ValueError(f"checkpoint {self.checkpoint_path} holds no EMA weights")
+            raise ValueError(f"--weights=ema, but checkpoint {self.checkpoint_path} holds no EMA weights (trained "
+                             "with --moving_average_decay=0); use --weights=raw")
         self.ema.swap()
 
 
@@ -70,6 +70,16 @@ def restore(ckpt: str, strategy: tf.distribute.Strategy | None = None, with_ema:
                          f"({spec.variant}, {spec.num_classes} classes): {e}") from None
     status.expect_partial()
     return Restored(spec=spec, model=model, ema=ema, checkpoint_path=path, model_dir=model_dir)
+
+
+def restore_served(ckpt: str, weights: str | None) -> tuple[Restored, str]:
+    """The network predict.py and the export serve, and which weights it holds: `weights` None means EMA when
+    the checkpoint has them, else raw."""
+    restored = restore(ckpt, with_ema=weights != "raw")
+    chosen = weights or ("ema" if restored.has_ema else "raw")
+    if chosen == "ema":
+        restored.use_ema_weights()
+    return restored, chosen
 
 
 _WNID = re.compile(r"^n\d{8}$")

@@ -15,9 +15,10 @@ import tensorflow as tf
 
 from input import mix_batch
 from loops.config import TrainConfig
-from loops.distribution import Engine
 from loops.ema import ExponentialMovingAverage
 from loops.optimization import decayed_variables, l2_penalty
+from loops.parallel.distribution import Engine
+from loops.progress import Progress
 
 
 @dataclasses.dataclass
@@ -26,6 +27,7 @@ class TrainState:
     optimizer: keras.optimizers.Optimizer
     ema: ExponentialMovingAverage | None
     engine: Engine
+    progress: Progress | None = None  # counted by every step (the training loop's; benchmarks run without)
 
 
 def _top_k_correct(labels, logits, k):
@@ -33,7 +35,8 @@ def _top_k_correct(labels, logits, k):
 
 
 def make_train_step(state: TrainState, cfg: TrainConfig, *, mixup_alpha: float, cutmix_alpha: float):
-    """Returns train_step(iterator) -> {"loss", "top1"} averaged over the update's examples."""
+    """Returns train_step(iterator) -> {"loss", "top1"} averaged over the update's examples (tensors: nothing
+    waits for the step to finish until they are read)."""
     model, optimizer, engine = state.model, state.optimizer, state.engine
     k = cfg.grad_accum_steps
     replicas = engine.num_replicas
@@ -99,7 +102,10 @@ def make_train_step(state: TrainState, cfg: TrainConfig, *, mixup_alpha: float, 
             state.ema.update(optimizer.iterations)
         sums = engine.reduce_sums({"loss": strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None),
                                    "top1": strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)})
-        return {key: value / examples for key, value in sums.items()}
+        metrics = {key: value / examples for key, value in sums.items()}
+        if state.progress is not None:
+            state.progress.count(metrics)
+        return metrics
 
     return train_step
 

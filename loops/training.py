@@ -1,12 +1,17 @@
-"""The training run: stages, epochs, steps, checkpoints and evaluation, in that order of nesting."""
+"""The training run: stages, epochs, steps, checkpoints and evaluation, in that order of nesting.
+
+The epoch loop is a thin driver: it calls the train step, which counts its own progress in graph variables
+(loops.progress), and around it a few periodic actions (the stop request, the non-finite check, step
+checkpoints, logging and the progress bar), each of which reads from the device only when it acts.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import time
+from typing import Callable
 
 import keras
 import tensorflow as tf
@@ -15,20 +20,15 @@ import input as data
 from loops import checkpoints, stages as staging
 from loops.advice import slowdown_warnings
 from loops.config import TrainConfig
-from loops.distribution import Engine
 from loops.ema import ExponentialMovingAverage
-from loops.evaluation import evaluate
+from loops.evaluation import evaluate_all
 from loops.optimization import create_optimizer, global_batch_size, learning_rate_schedule
+from loops.parallel.distribution import Engine
+from loops.precision import set_precision
+from loops.progress import Progress
 from loops.reporting import Reporter, table
 from loops.safety import CheckpointWriteError, ModelDirLock, NonFiniteLoss, Preempted, StopRequest
 from loops.steps import TrainState, make_eval_step, make_train_step
-
-POLICIES = {"fp32": "float32", "tf32": "float32", "amp_fp16": "mixed_float16", "amp_bf16": "mixed_bfloat16"}
-
-
-def set_precision(precision: str):
-    keras.mixed_precision.set_global_policy(POLICIES[precision])
-    tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
 
 
 @dataclasses.dataclass
@@ -40,12 +40,14 @@ class Run:
     info: data.DatasetInfo
     spec: checkpoints.RunSpec
     state: TrainState
-    epoch: tf.Variable  # completed epochs
-    batch_in_epoch: tf.Variable  # steps done in the current epoch (a preempted run resumes mid-epoch)
     saver: checkpoints.Saver
     steps_per_epoch: int
     reporter: Reporter
     lock: ModelDirLock | None
+
+    @property
+    def progress(self) -> Progress:
+        return self.state.progress
 
     def save(self) -> str:
         """A checkpoint of the current state; a failed write leaves the previous checkpoint as it was."""
@@ -78,7 +80,7 @@ def _build_run(cfg: TrainConfig, engine: Engine, lock: ModelDirLock | None) -> R
         raise ValueError(f"--num_classes={num_classes}, but {info.description} has {info.num_classes} classes")
     spec = checkpoints.RunSpec(variant=cfg.variant, num_classes=num_classes,
                                model_overrides=dict(cfg.model_overrides), class_names=tuple(info.class_names),
-                               eval_img_size=cfg.eval_img_size, resize_method=cfg.data.resize_method,
+                               eval_img_size=cfg.eval_img_size, resize_method=cfg.data.interpolation,
                                eval_crop_fraction=info.eval_crop_fraction)
     previous = checkpoints.RunSpec.load(cfg.model_dir)
     if previous is not None:
@@ -94,21 +96,21 @@ def _build_run(cfg: TrainConfig, engine: Engine, lock: ModelDirLock | None) -> R
         optimizer = create_optimizer(cfg, learning_rate_schedule(cfg, engine.num_replicas, steps_per_epoch))
         optimizer.build(model.trainable_variables)
         ema = ExponentialMovingAverage(model, cfg.moving_average_decay, engine.strategy) if cfg.use_ema else None
-        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        batch_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="batch_in_epoch")
-    checkpoint = checkpoints.make_checkpoint(model, optimizer, ema, epoch=epoch, batch_in_epoch=batch_in_epoch)
+    progress = Progress(engine.strategy)
+    checkpoint = checkpoints.make_checkpoint(model, optimizer, ema, epoch=progress.epoch,
+                                             batch_in_epoch=progress.batch_in_epoch)
     saver = checkpoints.Saver(checkpoint, cfg.model_dir, engine.is_chief, cfg.keep_checkpoints)
     latest = tf.train.latest_checkpoint(cfg.model_dir)
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
-        reporter.say(f"Resuming from {latest}: epoch {int(epoch.numpy()) + 1}, batch "
-                     f"{int(batch_in_epoch.numpy())}, step {int(optimizer.iterations.numpy())}")
-    engine.synchronize(list(model.weights) + list(optimizer.variables) + [epoch, batch_in_epoch]
+        reporter.say(f"Resuming from {latest}: epoch {int(progress.epoch.numpy()) + 1}, batch "
+                     f"{int(progress.batch_in_epoch.numpy())}, step {int(optimizer.iterations.numpy())}")
+    engine.synchronize(list(model.weights) + list(optimizer.variables) + [progress.epoch, progress.batch_in_epoch]
                        + (list(ema.shadows) if ema else []))
     if engine.is_chief:
         spec.save(cfg.model_dir)
-    state = TrainState(model=model, optimizer=optimizer, ema=ema, engine=engine)
-    return Run(cfg, engine, info, spec, state, epoch, batch_in_epoch, saver, steps_per_epoch, reporter, lock)
+    state = TrainState(model=model, optimizer=optimizer, ema=ema, engine=engine, progress=progress)
+    return Run(cfg, engine, info, spec, state, saver, steps_per_epoch, reporter, lock)
 
 
 def _train_dataset(run: Run, stage: staging.Stage, epoch: int, skip_batches: int = 0):
@@ -129,40 +131,6 @@ def _train_dataset(run: Run, stage: staging.Stage, epoch: int, skip_batches: int
         return ds.take(run.steps_per_epoch * per_step).skip(skip_batches * per_step)
 
     return run.engine.strategy.distribute_datasets_from_function(dataset_fn)
-
-
-def evaluate_weights(cfg: TrainConfig, engine: Engine, info: data.DatasetInfo, ema, eval_step,
-                     which: str) -> dict:
-    """Raw or EMA ("ema": shadows swapped in and back) weights over the whole eval set."""
-    global_batch = cfg.eval_batch_size * engine.num_replicas
-
-    def dataset_fn(ctx):
-        ctx = engine.input_context(ctx)
-        return data.eval_dataset(info, cfg.data, batch_size=ctx.get_per_replica_batch_size(global_batch),
-                                 image_size=cfg.eval_img_size, input_context=ctx)
-
-    dataset = engine.strategy.distribute_datasets_from_function(dataset_fn)
-    swap = which == "ema"
-    if swap:
-        ema.swap()
-    try:
-        result = evaluate(eval_step, dataset, global_batch=global_batch)
-    finally:
-        if swap:
-            ema.swap()
-    return result.metrics(engine.num_replicas, suffix="" if which == "raw" else "_ema")
-
-
-def evaluate_all(cfg: TrainConfig, engine: Engine, info: data.DatasetInfo, ema, eval_step) -> dict:
-    """cfg.weights_to_evaluate, each under its own metric names, and which one was better."""
-    metrics = {}
-    for which in cfg.weights_to_evaluate:
-        metrics.update(evaluate_weights(cfg, engine, info, ema, eval_step, which))
-    if len(cfg.weights_to_evaluate) == 2:
-        best = "_ema" if metrics["eval_accuracy_top_1_ema"] > metrics["eval_accuracy_top_1"] else ""
-        metrics["best_weights"] = "ema" if best else "raw"
-        metrics["best_eval_accuracy_top_1"] = metrics[f"eval_accuracy_top_1{best}"]
-    return metrics
 
 
 def train(cfg: TrainConfig, engine: Engine) -> dict:
@@ -195,11 +163,11 @@ def _run(run: Run, stop: StopRequest) -> dict:
         reporter.say(f"Warning: {note}")
     summary: dict = {}
     if cfg.mode == "eval":
-        summary.update(evaluate_all(cfg, engine, run.info, run.state.ema, eval_step))
+        summary.update(_evaluate(run, eval_step))
         return _finish(run, summary)
 
     plan = staging.plan_stages(cfg)
-    start_epoch = int(run.epoch.numpy())
+    start_epoch = int(run.progress.epoch.numpy())
     images_seen, train_seconds = 0, 0.0
     wall_start = time.time()
     for stage in plan:
@@ -211,13 +179,12 @@ def _run(run: Run, stop: StopRequest) -> dict:
             seen, seconds, last = _train_epoch(run, train_step, stage, epoch, stop)
             images_seen += seen
             train_seconds += seconds
-            run.epoch.assign(epoch + 1)
-            run.batch_in_epoch.assign(0)
+            run.progress.start_epoch(epoch + 1)
             done = epoch + 1 == cfg.max_epochs
             if (epoch + 1) % cfg.save_checkpoint_freq == 0 or done:
                 reporter.say(f"Saved {run.save()}")
             if cfg.mode == "train_and_eval" and ((epoch + 1) % cfg.epochs_between_evals == 0 or done):
-                metrics = evaluate_all(cfg, engine, run.info, run.state.ema, eval_step)
+                metrics = _evaluate(run, eval_step)
                 reporter.record("eval", int(optimizer.iterations.numpy()), {"epoch": epoch + 1, **metrics})
                 reporter.say(table({k: v for k, v in metrics.items() if "latency" not in k},
                                    f"Evaluation after epoch {epoch + 1}"))
@@ -233,55 +200,137 @@ def _run(run: Run, stop: StopRequest) -> dict:
             "avg_exp_per_second_training_per_GPU": images_seen / train_seconds / engine.num_replicas,
             "time_to_train_s": time.time() - wall_start,
         })
-    summary["epochs"] = int(run.epoch.numpy())
+    summary["epochs"] = int(run.progress.epoch.numpy())
     summary["steps"] = int(optimizer.iterations.numpy())
     return _finish(run, summary)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tick:
+    """One step done, as the periodic actions see it."""
+
+    position: int  # steps done in this epoch
+    step: int  # optimizer updates since the run began
+    last: bool  # the epoch's last step (its checkpoint and log are the epoch loop's)
+    metrics: dict  # the step's loss and top-1 as tensors, read only by an action that needs them
 
 
 def _train_epoch(run: Run, train_step, stage: staging.Stage, epoch: int, stop: StopRequest):
     """One epoch (or its rest, after a mid-epoch resume); returns (images timed, seconds timed, last logged
     metrics). Timing starts after the first step, which pays for tracing and filling the input pipeline."""
-    cfg, reporter, optimizer = run.cfg, run.reporter, run.state.optimizer
-    images_per_step = global_batch_size(cfg, run.engine.num_replicas)
-    first = int(run.batch_in_epoch.numpy())
-    bar = reporter.progress_bar(run.steps_per_epoch, f"Epoch {epoch + 1}/{cfg.max_epochs} "
-                                f"(stage {stage.index + 1}/{cfg.n_stages}, {stage.image_size} px)")
+    first = int(run.progress.batch_in_epoch.numpy())
+    run.progress.start_epoch(epoch, first)
+    bar = run.reporter.progress_bar(run.steps_per_epoch, f"Epoch {epoch + 1}/{run.cfg.max_epochs} "
+                                    f"(stage {stage.index + 1}/{run.cfg.n_stages}, {stage.image_size} px)")
+    clock = _Clock(global_batch_size(run.cfg, run.engine.num_replicas), first_position=first + 1)
+    log = _Log(run, epoch, bar, clock)
+    actions = [_stop_when_requested(run, stop), _non_finite_check(run, epoch), _step_checkpoints(run), log]
     iterator = iter(_train_dataset(run, stage, epoch, skip_batches=first))
-    start, last, bad_streak = None, {}, 0
-    for i in range(first, run.steps_per_epoch):
+    for position in range(first + 1, run.steps_per_epoch + 1):
         metrics = train_step(iterator)
-        loss = float(metrics["loss"])  # also waits for the step: the clock and the checks below need it
-        start = start or time.perf_counter()
-        run.batch_in_epoch.assign(i + 1)
-        global_step = epoch * run.steps_per_epoch + i + 1
-        bad_streak = 0 if math.isfinite(loss) else bad_streak + 1
-        if bad_streak >= cfg.max_bad_steps:
+        if position == first + 1:
+            clock.start(metrics)
+        tick = Tick(position, epoch * run.steps_per_epoch + position, position == run.steps_per_epoch, metrics)
+        for action in actions:
+            action(tick)
+    run.reporter.record("epoch", int(run.state.optimizer.iterations.numpy()),
+                        {"epoch": epoch + 1, "stage": stage.index + 1, "image_size": stage.image_size, **log.last})
+    return clock.images(run.steps_per_epoch), clock.seconds(), log.last
+
+
+class _Clock:
+    """Time and images from the end of the epoch's first step, which pays for tracing and the input pipeline's
+    start, to the last step read."""
+
+    def __init__(self, images_per_step: int, first_position: int):
+        self.images_per_step, self.first_position = images_per_step, first_position
+        self._start = time.perf_counter()
+
+    def start(self, metrics: dict):
+        float(metrics["loss"])  # waits for the first step
+        self._start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self._start
+
+    def images(self, position: int) -> int:
+        return self.images_per_step * (position - self.first_position)
+
+    def speed(self, position: int) -> float:
+        seconds = self.seconds()
+        return self.images(position) / seconds if position > self.first_position and seconds > 0 else 0.0
+
+
+Action = Callable[[Tick], None]
+
+
+def _stop_when_requested(run: Run, stop: StopRequest) -> Action:
+    """SIGTERM/SIGUSR1 (loops.safety): checkpoint after the step in flight and exit 75; never a checkpoint of
+    non-finite weights (then the next finite step saves). An epoch's last step is the epoch loop's."""
+    def act(tick: Tick):
+        if stop.requested and not tick.last and run.progress.streak == 0:
+            path = run.save()
+            run.reporter.say(f"Stopped by {stop.signal_name} at step {tick.step}; saved {path}")
+            raise Preempted(path)
+    return act
+
+
+def _non_finite_check(run: Run, epoch: int) -> Action:
+    """--max_bad_steps consecutive non-finite losses stop the run. The streak is counted on the device and read
+    every min(--log_steps, --max_bad_steps) steps, so the run stops within --max_bad_steps steps of the limit."""
+    cfg = run.cfg
+    every = min(cfg.log_steps, cfg.max_bad_steps)
+
+    def act(tick: Tick):
+        if tick.position % every and not tick.last:
+            return
+        streak = run.progress.streak
+        if streak >= cfg.max_bad_steps:
             # Nothing is saved from here on: the last checkpoint holds the last good weights.
-            raise NonFiniteLoss(f"the training loss was {loss} for {bad_streak} consecutive steps, up to step "
-                                f"{global_step} (epoch {epoch + 1}); stopping. The last checkpoint "
+            raise NonFiniteLoss(f"the training loss was {float(tick.metrics['loss'])} for {streak} consecutive "
+                                f"steps, up to step {tick.step} (epoch {epoch + 1}); stopping. The last checkpoint "
                                 f"({tf.train.latest_checkpoint(cfg.model_dir)}) predates the fault. Lower "
                                 "--lr_init, check the data, or use --precision amp_fp16 loss scaling.")
-        if stop.requested and bad_streak == 0 and i + 1 < run.steps_per_epoch:  # an epoch's end: see _run
-            path = run.save()
-            reporter.say(f"Stopped by {stop.signal_name} at step {global_step}; saved {path}")
-            raise Preempted(path)
-        if cfg.save_checkpoint_steps and global_step % cfg.save_checkpoint_steps == 0 and bad_streak == 0 \
-                and i + 1 < run.steps_per_epoch:  # the epoch's end has its own save
-            reporter.say(f"Saved {run.save()}")
-        if (i + 1) % cfg.log_steps and i + 1 != run.steps_per_epoch:
-            continue
-        last = {k: float(v) for k, v in metrics.items()}
-        elapsed = time.perf_counter() - start
-        speed = images_per_step * (i - first) / elapsed if i > first and elapsed > 0 else 0.0
-        lr = float(optimizer.learning_rate)
-        reporter.record("train", int(optimizer.iterations.numpy()),
-                        {"epoch": epoch + 1, "lr": lr, "img_per_s": speed, **last})
-        if bar:
-            bar.update(i + 1, [("loss", last["loss"]), ("top1", last["top1"]), ("lr", lr), ("img/s", speed)])
-    elapsed = time.perf_counter() - start
-    reporter.record("epoch", int(optimizer.iterations.numpy()),
-                    {"epoch": epoch + 1, "stage": stage.index + 1, "image_size": stage.image_size, **last})
-    return images_per_step * (run.steps_per_epoch - first - 1), elapsed, last
+    return act
+
+
+def _step_checkpoints(run: Run) -> Action:
+    """--save_checkpoint_steps, for epochs too long to lose; skipped while the losses are non-finite."""
+    every = run.cfg.save_checkpoint_steps
+
+    def act(tick: Tick):
+        if every and tick.step % every == 0 and not tick.last and run.progress.streak == 0:
+            run.reporter.say(f"Saved {run.save()}")
+    return act
+
+
+class _Log:
+    """Every --log_steps and at the epoch's end: a log.jsonl/TensorBoard record of the step's loss and top-1, the
+    epoch's running means, the learning rate and the speed; the progress bar shows the running means."""
+
+    def __init__(self, run: Run, epoch: int, bar, clock: _Clock):
+        self.run, self.epoch, self.bar, self.clock = run, epoch, bar, clock
+        self.last: dict = {}
+
+    def __call__(self, tick: Tick):
+        if tick.position % self.run.cfg.log_steps and not tick.last:
+            return
+        self.last = {key: float(value) for key, value in tick.metrics.items()}
+        means = self.run.progress.epoch_means()
+        optimizer = self.run.state.optimizer
+        lr, speed = float(optimizer.learning_rate), self.clock.speed(tick.position)
+        self.run.reporter.record("train", int(optimizer.iterations.numpy()), {
+            "epoch": self.epoch + 1, "lr": lr, "img_per_s": speed, **self.last,
+            "epoch_mean_loss": means["loss"], "epoch_mean_top1": means["top1"]})
+        if self.bar:
+            self.bar.update(tick.position, [("loss", means["loss"]), ("top1", means["top1"]), ("lr", lr),
+                                            ("img/s", speed)])
+
+
+def _evaluate(run: Run, eval_step) -> dict:
+    cfg = run.cfg
+    return evaluate_all(run.engine, run.info, cfg.data, eval_step, weights=cfg.weights_to_evaluate,
+                        batch_size=cfg.eval_batch_size, image_size=cfg.eval_img_size, ema=run.state.ema)
 
 
 def _finish(run: Run, summary: dict) -> dict:

@@ -5,10 +5,10 @@ command, on the same synthetic batches, so the ratios hold on whatever machine r
 
 Baselines: `keras.applications.EfficientNetB0` + `compile` (RMSprop, label-smoothed cross-entropy), timed by
 calling the train function `fit` runs once per batch, for training; and a `tf.function` call of the same
-Keras model at batch 1 for latency. Ours: the step of train.py's training benchmark (loops/benchmark.py),
+Keras model at batch 1 for latency. Ours: the step of train.py's training benchmark (loops/bench/benchmark.py),
 which does more per step than the baseline (the L2 penalty over all conv/dense weights and the EMA update of
 every weight); for latency, the function predict.py calls
-(loops.prediction.make_infer) and the exported SavedModel loaded back with tf.saved_model.load, through its
+(loops.serving.prediction.make_infer) and the exported SavedModel loaded back with tf.saved_model.load, through its
 `serving_pixels` signature (preprocessed images, like the baseline's input; it also takes the top-k) and,
 end to end, through `serving_uint8` (which also crops and resizes). Our unoptimised model, called like the
 baseline, is timed as a reference.
@@ -35,12 +35,12 @@ import numpy as np  # noqa: E402
 
 import efficientnet  # noqa: E402
 from efficientnet.serving import with_trained_like_statistics  # noqa: E402
-from loops.benchmark import BenchmarkConfig, training_steps  # noqa: E402
+from loops.bench.benchmark import training_steps  # noqa: E402
 from loops.config import TrainConfig  # noqa: E402
-from loops.distribution import Engine  # noqa: E402
+from loops.parallel.distribution import Engine  # noqa: E402
 from loops.evaluation import latency_percentiles  # noqa: E402
-from loops.export import ServingModule, save  # noqa: E402
-from loops.prediction import make_infer  # noqa: E402
+from loops.serving.export import ServingModule, save  # noqa: E402
+from loops.serving.prediction import make_infer  # noqa: E402
 
 VARIANT = flags.DEFINE_enum("variant", "b0", ["b0", "b1", "b2", "b3"], "EfficientNet variant.")
 IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Square input size.")
@@ -66,11 +66,10 @@ def keras_fit_step(variant, size, batch):
 
 def our_train_step(variant, size, batch, model_dir):
     """Our training step as train.py's training benchmark runs it (loss, L2, RMSprop, EMA)."""
-    cfg = BenchmarkConfig(train=TrainConfig(model_dir=model_dir, variant=variant, num_classes=1000),
-                          mode="training_benchmark", batch_sizes=(batch,), precisions=("fp32",), image_size=size)
+    cfg = TrainConfig(model_dir=model_dir, variant=variant, num_classes=1000, mode="training_benchmark")
     engine = Engine(tf.distribute.OneDeviceStrategy("/gpu:0" if tf.config.list_logical_devices("GPU")
                                                     else "/cpu:0"), "one_device")
-    _, step = next(training_steps(cfg, engine, "fp32", 1000))
+    _, step = next(training_steps(cfg, engine, "fp32", 1000, (batch,), size))
     return step
 
 

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 import input as data  # noqa: E402
 from loops.config import TrainConfig  # noqa: E402
-from loops.distribution import Engine, create_engine  # noqa: E402
+from loops.parallel.distribution import Engine, create_engine  # noqa: E402
 
 WORKERS = 2
 PER_REPLICA_BATCH = 8

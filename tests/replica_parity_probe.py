@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 from loops.checkpoints import RunSpec, make_checkpoint  # noqa: E402
 from loops.config import TrainConfig  # noqa: E402
-from loops.distribution import Engine, mirrored_engine  # noqa: E402
+from loops.parallel.distribution import Engine, mirrored_engine  # noqa: E402
 from loops.ema import ExponentialMovingAverage  # noqa: E402
 from loops.training import train  # noqa: E402
 

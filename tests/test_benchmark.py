@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from loops.benchmark import COLUMNS, format_tables
+from loops.bench.benchmark import COLUMNS, format_tables
 
 
 def _check(result, mode, precisions, batch_sizes, size):
@@ -88,6 +88,6 @@ def test_bad_benchmark_flags_name_the_flag(run_script, tmp_path):
     ("Cast_25/ReadVariableOp", ("other", "loss, metrics, unattributed gradients")),
 ])
 def test_profile_charges_each_op_to_its_part_and_layer(name, expected):
-    from loops.profiling import classify
+    from loops.bench.profiling import classify
 
     assert classify(name) == expected

@@ -31,7 +31,7 @@ PER_REPLICA = ("moving_mean", "moving_variance")
 
 def test_engine_choice_errors_name_the_flag(monkeypatch):
     from loops.config import TrainConfig
-    from loops.distribution import create_engine
+    from loops.parallel.distribution import create_engine
 
     with pytest.raises(ValueError, match="--engine='mpi': must be one of auto, tf_distribute, horovod"):
         create_engine("mpi")
@@ -77,7 +77,7 @@ SYNCHRONIZE_SCRIPT = """
 import json, keras, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from loops.distribution import MultiWorkerEngine
+from loops.parallel.distribution import MultiWorkerEngine
 out = {}
 for index in (0, 1):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

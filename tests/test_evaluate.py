@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import input as data
 from input.config import DataConfig
@@ -91,8 +90,9 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from loops.distribution import mirrored_engine
-from loops.offline_evaluation import EvalConfig, evaluate_checkpoint
+from loops.parallel.distribution import mirrored_engine
+from loops.config import EvalConfig
+from loops.offline_evaluation import evaluate_checkpoint
 engine = mirrored_engine(["/cpu:0", "/cpu:1"])
 res = evaluate_checkpoint(EvalConfig(ckpt=sys.argv[1], weights="raw", eval_batch_size=7, output=sys.argv[2]), engine)
 print(json.dumps({k: res[k] for k in ("replicas", "eval_examples", "eval_accuracy_top_1", "eval_accuracy_top_5")}))

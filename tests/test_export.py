@@ -10,7 +10,8 @@ import tensorflow as tf
 
 import input as data
 from input import testdata
-from loops.export import ExportConfig, export
+from loops.serving.config import ExportConfig
+from loops.serving.export import export
 from loops.restore import restore
 
 

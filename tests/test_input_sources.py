@@ -102,7 +102,7 @@ def test_forced_source_with_wrong_layout(tmp_path):
 def test_config_validation_names_the_flag():
     with pytest.raises(ValueError, match="--resize_method"):
         I.DataConfig(resize_method="nearest")
-    with pytest.raises(ValueError, match="--source"):
+    with pytest.raises(ValueError, match="--data_source"):
         I.DataConfig(source="csv")
     with pytest.raises(ValueError, match="--augmenter_name"):
         I.AugmentConfig(augmenter_name="autoaug")
@@ -221,7 +221,6 @@ def test_demo_concurrent_builders_end_with_one_complete_cache(tmp_path):
 def test_any_prepared_tfds_image_classification_set(tmp_path):
     import tensorflow_datasets as tfds
 
-    from input import tfds_source
 
     class TinyShapes(tfds.core.GeneratorBasedBuilder):
         """Feature names differ from imagenet2012's on purpose: they come from the supervised keys."""

@@ -1,4 +1,4 @@
-"""loops.memory_check end to end on a small run: real train.py child, RSS tables and a verdict line."""
+"""loops.bench.memory_check end to end on a small run: real train.py child, RSS tables and a verdict line."""
 
 import os
 import re
@@ -10,7 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_memory_check_prints_per_epoch_and_per_stage_rss(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "loops.memory_check", "--img_size", "32", "--base_img_size", "24",
+        [sys.executable, "-m", "loops.bench.memory_check", "--img_size", "32", "--base_img_size", "24",
          "--epochs_per_stage", "2", "--steps_per_epoch", "1", "--batch_size", "4", "--eval_batch_size", "128",
          "--model_dir", str(tmp_path), "--", "--mparams", "depth_coefficient=0.1,width_coefficient=0.25"],
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})

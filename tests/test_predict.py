@@ -11,7 +11,8 @@ import tensorflow as tf
 
 import input as data
 from input import testdata
-from loops.prediction import PredictConfig, predict
+from loops.serving.config import PredictConfig
+from loops.serving.prediction import predict
 from loops.restore import display_class_names, imagenet_class_names, restore
 from loops.checkpoints import RunSpec
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from loops import slurm
+from loops.parallel import slurm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START = os.path.join(REPO, "scripts", "ci_start_slurm.sh")
@@ -137,7 +137,7 @@ def test_step_exiting_75_requeues_the_job_which_then_finishes(slurm_env, tmp_pat
 ENGINE_PROBE = """
 import json, os, sys
 sys.path.insert(0, os.getcwd())
-from loops.distribution import create_engine
+from loops.parallel.distribution import create_engine
 engine = create_engine()
 print(json.dumps({"rank": int(os.environ["SLURM_PROCID"]), "engine": engine.name, "replicas": engine.num_replicas,
                   "chief": engine.is_chief, "task": json.loads(os.environ["TF_CONFIG"])["task"]}), flush=True)
@@ -145,7 +145,7 @@ print(json.dumps({"rank": int(os.environ["SLURM_PROCID"]), "engine": engine.name
 
 
 def test_plain_srun_builds_the_multiworker_engine_from_slurm(slurm_env, tmp_path):
-    """`srun -n 2 python train.py`, without the loops.slurm wrapper: create_engine reads Slurm's environment."""
+    """`srun -n 2 python train.py`, without the loops.parallel.slurm wrapper: create_engine reads Slurm's environment."""
     probe = tmp_path / "engine_probe.py"
     probe.write_text(ENGINE_PROBE)
     env = {k: v for k, v in slurm_env.items() if k != "TF_CONFIG"}

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from input.config import AugmentConfig
 from loops.config import TrainConfig
-from loops.distribution import Engine
+from loops.parallel.distribution import Engine
 from loops.stages import plan_stages, stage_of_epoch
 from loops.training import train
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 import efficientnet
 from input.config import AugmentConfig
 from loops.config import TrainConfig
-from loops.distribution import Engine
+from loops.parallel.distribution import Engine
 from loops.ema import ExponentialMovingAverage
 from loops.optimization import create_optimizer, decayed_variables, learning_rate_schedule, peak_learning_rate
 from loops.steps import TrainState, make_train_step

@@ -2,7 +2,7 @@
 # Body of scripts/slurm/run_{B0,B4}_multinode.sub (sourced by them inside the batch job; see docs/slurm.md).
 #
 # One Slurm task per GPU (--ntasks-per-node = GPUs per node). Every task runs
-#   python -m loops.slurm train.py <the recipe's flags>
+#   python -m loops.parallel.slurm train.py <the recipe's flags>
 # which builds MultiWorkerMirroredStrategy's cluster from Slurm's environment (SlurmClusterResolver: task i of
 # node n gets GPU i and port PORT_BASE+i) and then trains; the per-GPU batch is the recipe's.
 #
@@ -69,7 +69,7 @@ multinode_main() {  # B0|B4
   DATA_DIR=$data_dir recipe_train_args "$model" "$prec" "$gpu" convergence "$model_dir_task"
   # shellcheck disable=SC2206
   local extra=(${EXTRA_ARGS:-})
-  local cmd=("$py" -m loops.slurm "${TRAIN_ENTRY:-train.py}" "${TRAIN_ARGS[@]}" "${extra[@]}")
+  local cmd=("$py" -m loops.parallel.slurm "${TRAIN_ENTRY:-train.py}" "${TRAIN_ARGS[@]}" "${extra[@]}")
 
   echo "multinode: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}), ${SLURM_NNODES:-1} node(s) x" \
        "${SLURM_NTASKS_PER_NODE:-?} task(s) = ${SLURM_NTASKS:-1} workers; model dir $model_dir"

@@ -4,9 +4,9 @@ Two ways in:
 
 * `slurm_cluster_resolver_or_none()` -> a `SlurmClusterResolver` for `tf.distribute.MultiWorkerMirroredStrategy(
   cluster_resolver=...)` when this process is one of several tasks of an `srun` step, else None. Meant to be
-  called by `loops.distribution.create_engine` when there is no TF_CONFIG (and no Horovod), before TensorFlow
+  called by `loops.parallel.distribution.create_engine` when there is no TF_CONFIG (and no Horovod), before TensorFlow
   touches the GPUs: the resolver sets CUDA_VISIBLE_DEVICES to this task's share of the node.
-* `python -m loops.slurm train.py [flags...]` (what scripts/slurm/*.sub run under srun): resolves the same
+* `python -m loops.parallel.slurm train.py [flags...]` (what scripts/slurm/*.sub run under srun): resolves the same
   cluster, exports it as TF_CONFIG and runs the entry point in this process, so the TF_CONFIG path of the engine
   starts MultiWorkerMirroredStrategy whether or not the engine knows about Slurm.
 
@@ -125,16 +125,16 @@ def export_tf_config() -> None:
     if config is None:
         return
     if os.environ.get("TF_CONFIG"):
-        print("loops.slurm: TF_CONFIG is already set; leaving it as is", file=sys.stderr)
+        print("loops.parallel.slurm: TF_CONFIG is already set; leaving it as is", file=sys.stderr)
         return
     os.environ["TF_CONFIG"] = json.dumps(config)
-    print(f"loops.slurm: worker {config['task']['index']} of "
+    print(f"loops.parallel.slurm: worker {config['task']['index']} of "
           f"{len(config['cluster']['worker'])}: {config['cluster']['worker']}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m loops.slurm ENTRY_POINT.py [flags...]  (under srun: exports TF_CONFIG from "
+        print("usage: python -m loops.parallel.slurm ENTRY_POINT.py [flags...]  (under srun: exports TF_CONFIG from "
               "Slurm's environment, then runs ENTRY_POINT.py in this process)")
         sys.exit(0 if argv else 2)
     export_tf_config()

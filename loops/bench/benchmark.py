@@ -19,50 +19,22 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from loops.config import TrainConfig
-from loops.distribution import Engine
+import efficientnet
+from efficientnet.serving import inference_model
+from loops.bench import profiling
+from loops.config import BenchmarkSettings, TrainConfig
+from loops.ema import ExponentialMovingAverage
 from loops.evaluation import latency_percentiles
+from loops.optimization import create_optimizer, learning_rate_schedule
+from loops.parallel.distribution import Engine
+from loops.precision import set_precision
+from loops.steps import TrainState, make_train_step
 
-BENCHMARK_MODES = ("training_benchmark", "inference_benchmark")
 DEFAULT_INFERENCE_BATCH_SIZES = (1, 8, 32)
 
 
 def default_precisions(has_gpu: bool) -> tuple[str, ...]:
     return ("fp32", "tf32", "amp_fp16", "amp_bf16") if has_gpu else ("fp32", "amp_fp16", "amp_bf16")
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchmarkConfig:
-    train: TrainConfig  # model, optimizer and EMA settings of the benchmarked training step
-    mode: str
-    batch_sizes: tuple[int, ...]  # per replica
-    precisions: tuple[str, ...]
-    image_size: int
-    steps: int = 20  # timed
-    warmup_steps: int = 5
-    output: str | None = None  # None: <model_dir>/<mode>.json
-    profile_dir: str | None = None  # set: `steps` more steps per run traced here, op time tabled
-
-    def __post_init__(self):
-        if self.mode not in BENCHMARK_MODES:
-            raise ValueError(f"--mode={self.mode!r}: not a benchmark mode ({', '.join(BENCHMARK_MODES)})")
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise ValueError(f"--benchmark_batch_sizes={list(self.batch_sizes)}: need positive batch sizes")
-        from loops.config import PRECISIONS
-        bad = [p for p in self.precisions if p not in PRECISIONS]
-        if not self.precisions or bad:
-            raise ValueError(f"--benchmark_precisions={list(self.precisions)}: each must be one of "
-                             f"{', '.join(PRECISIONS)}")
-        if self.steps < 1:
-            raise ValueError(f"--benchmark_steps={self.steps}: must be positive")
-        if self.warmup_steps < 0:
-            raise ValueError(f"--benchmark_warmup_steps={self.warmup_steps}: must be >= 0")
-        if self.image_size < 1:
-            raise ValueError(f"image size {self.image_size}: must be positive")
-
-    @property
-    def output_path(self) -> str:
-        return self.output or os.path.join(self.train.model_dir, f"{self.mode}.json")
 
 
 class MemoryPeak:
@@ -128,73 +100,66 @@ class _SyntheticIterator:
         return _synthetic(*self.args)
 
 
-def _time_steps(step, cfg: BenchmarkConfig, memory: MemoryPeak) -> list[float]:
+def _time_steps(step, bench: BenchmarkSettings, memory: MemoryPeak) -> list[float]:
     with memory:
-        for _ in range(cfg.warmup_steps):
+        for _ in range(bench.warmup_steps):
             tf.nest.map_structure(lambda t: t.numpy(), step())
         seconds = []
-        for _ in range(cfg.steps):
+        for _ in range(bench.steps):
             start = time.perf_counter()
             tf.nest.map_structure(lambda t: t.numpy(), step())  # waits for the device
             seconds.append(time.perf_counter() - start)
     return seconds
 
 
-def _profile_steps(step, cfg: BenchmarkConfig, logdir: str) -> dict:
-    """`cfg.steps` more steps under the TensorFlow profiler, after the timed ones so the profiler's own
-    cost stays out of the table; prints and returns where the op time went (loops/profiling.py)."""
-    from loops import profiling
-
+def _profile_steps(step, bench: BenchmarkSettings, logdir: str) -> dict:
+    """`bench.steps` more steps under the TensorFlow profiler, after the timed ones so the profiler's own
+    cost stays out of the table; prints and returns where the op time went (loops/bench/profiling.py)."""
     tf.profiler.experimental.start(logdir)
     try:
-        for _ in range(cfg.steps):
+        for _ in range(bench.steps):
             tf.nest.map_structure(lambda t: t.numpy(), step())
     finally:
         tf.profiler.experimental.stop()
-    summary = profiling.summarize(profiling.read_op_events(logdir), cfg.steps)
+    summary = profiling.summarize(profiling.read_op_events(logdir), bench.steps)
     print(f"\nWhere the op time went (trace for TensorBoard's profile plugin: {logdir})"
           f"{profiling.format_summary(summary)}\n", flush=True)
     return {"logdir": logdir, **summary}
 
 
-def training_steps(cfg: BenchmarkConfig, engine: Engine, precision: str, num_classes: int):
-    """Yields (batch size, step) for each of cfg.batch_sizes: the real train step on synthetic batches."""
-    from loops.ema import ExponentialMovingAverage
-    from loops.optimization import create_optimizer, learning_rate_schedule
-    from loops.steps import TrainState, make_train_step
-
+def training_steps(cfg: TrainConfig, engine: Engine, precision: str, num_classes: int, batch_sizes, image_size: int):
+    """Yields (batch size, step) for each of batch_sizes: the real train step on synthetic batches."""
     strategy = engine.strategy
-    base = dataclasses.replace(cfg.train, precision=precision, train_batch_size=cfg.batch_sizes[0])
+    base = dataclasses.replace(cfg, precision=precision, train_batch_size=batch_sizes[0])
     with strategy.scope():
         model = _build_model(cfg, num_classes)
         optimizer = create_optimizer(base, learning_rate_schedule(base, engine.num_replicas, 1000))
         optimizer.build(model.trainable_variables)
         ema = ExponentialMovingAverage(model, base.moving_average_decay, strategy) if base.use_ema else None
     state = TrainState(model=model, optimizer=optimizer, ema=ema, engine=engine)
-    for bs in cfg.batch_sizes:
+    for bs in batch_sizes:
         step_cfg = dataclasses.replace(base, train_batch_size=bs, grad_accum_steps=1)
         train_step = make_train_step(state, step_cfg, mixup_alpha=0.0, cutmix_alpha=0.0)
-        iterator = _SyntheticIterator(strategy, bs, cfg.image_size, num_classes)
+        iterator = _SyntheticIterator(strategy, bs, image_size, num_classes)
         yield bs, lambda: train_step(iterator)
 
 
-def inference_steps(cfg: BenchmarkConfig, engine: Engine, precision: str, num_classes: int):
-    """Yields (batch size, step) for each of cfg.batch_sizes: the served network on synthetic batches."""
-    from efficientnet.serving import inference_model
-
+def inference_steps(cfg: TrainConfig, engine: Engine, precision: str, num_classes: int, batch_sizes,
+                    image_size: int):
+    """Yields (batch size, step) for each of batch_sizes: the served network on synthetic batches."""
     strategy = engine.strategy
     with strategy.scope():
         # What predict.py and the export serve (BatchNorm folded), left as variables rather than frozen into
         # constants so it runs under any strategy and with XLA.
         model = inference_model(_build_model(cfg, num_classes))
-    for bs in cfg.batch_sizes:
+    for bs in batch_sizes:
         def replica(bs=bs):
             # Runs on each replica's device, so the random batch is made where the model runs.
-            images = tf.random.uniform([bs, cfg.image_size, cfg.image_size, 3], 0.0, 255.0)
+            images = tf.random.uniform([bs, image_size, image_size, 3], 0.0, 255.0)
             # A few bytes back to the host are enough to know the batch is done.
             return tf.reduce_sum(tf.cast(model(images, training=False), tf.float32))
 
-        if cfg.train.use_xla:
+        if cfg.use_xla:
             replica = tf.function(replica, jit_compile=True)
 
         @tf.function
@@ -204,52 +169,59 @@ def inference_steps(cfg: BenchmarkConfig, engine: Engine, precision: str, num_cl
         yield bs, step
 
 
-def _build_model(cfg: BenchmarkConfig, num_classes: int) -> keras.Model:
-    import efficientnet
-
-    return efficientnet.build_model(cfg.train.variant, num_classes, **cfg.train.model_overrides)
+def _build_model(cfg: TrainConfig, num_classes: int) -> keras.Model:
+    return efficientnet.build_model(cfg.variant, num_classes, **cfg.model_overrides)
 
 
-def run_benchmark(cfg: BenchmarkConfig, engine: Engine) -> dict:
-    """Runs every (precision, batch size); prints one table per precision; writes and returns the JSON."""
-    from loops.training import set_precision
-
+def run_benchmark(cfg: TrainConfig, engine: Engine) -> dict:
+    """Runs every (precision, batch size) of cfg.benchmark; prints one table per precision; writes and returns
+    the JSON."""
+    bench, training = cfg.benchmark, cfg.mode == "training_benchmark"
     gpus = tf.config.list_logical_devices("GPU")
+    batch_sizes = bench.batch_sizes or ((cfg.train_batch_size,) if training else DEFAULT_INFERENCE_BATCH_SIZES)
+    precisions = bench.precisions or default_precisions(bool(gpus))
+    image_size = cfg.train_img_size if training else cfg.eval_img_size
+    if bench.profile_dir:
+        # Checked now: the profiler would only fail after the timed runs, losing their table.
+        try:
+            tf.io.gfile.makedirs(bench.profile_dir)
+        except (tf.errors.OpError, OSError) as e:
+            raise ValueError(f"--benchmark_profile_dir={bench.profile_dir}: cannot create it ({e})") from None
     memory_device = "GPU:0" if gpus else None
-    num_classes = cfg.train.num_classes or 1000
-    runs = training_steps if cfg.mode == "training_benchmark" else inference_steps
+    num_classes = cfg.num_classes or 1000
+    runs = training_steps if training else inference_steps
     replicas = engine.num_replicas
     rows = []
-    for precision in cfg.precisions:
+    for precision in precisions:
         set_precision(precision)
-        keras.utils.set_random_seed(cfg.train.seed)
-        for bs, step in runs(cfg, engine, precision, num_classes):
+        keras.utils.set_random_seed(cfg.seed)
+        for bs, step in runs(cfg, engine, precision, num_classes, batch_sizes, image_size):
             memory = MemoryPeak(memory_device)
-            seconds = _time_steps(step, cfg, memory)
+            seconds = _time_steps(step, bench, memory)
             lat = latency_percentiles(seconds)
             global_batch = bs * replicas
             row = {"precision": precision, "batch_size": bs, "global_batch_size": global_batch,
-                   "resolution": f"{cfg.image_size}x{cfg.image_size}",
+                   "resolution": f"{image_size}x{image_size}",
                    "throughput": global_batch * len(seconds) / float(np.sum(seconds)), **lat,
                    "peak_memory_mib": memory.mib}
             rows.append(row)
             print(f"  {cfg.mode} {precision} batch {bs}: {row['throughput']:.2f} img/s, "
                   f"avg {lat['latency_avg']:.2f} ms", flush=True)
-            if cfg.profile_dir:
-                row["profile"] = _profile_steps(step, cfg, os.path.join(cfg.profile_dir, f"{precision}_batch{bs}"))
+            if bench.profile_dir:
+                row["profile"] = _profile_steps(step, bench, os.path.join(bench.profile_dir, f"{precision}_batch{bs}"))
         # Leaves the global policy as it was found: later code in the process builds fp32 models.
         set_precision("fp32")
         keras.backend.clear_session()
     result = {
-        "mode": cfg.mode, "model": f"efficientnet-{cfg.train.variant}", "num_classes": num_classes,
+        "mode": cfg.mode, "model": f"efficientnet-{cfg.variant}", "num_classes": num_classes,
         "device": gpus[0].name if gpus else "CPU", "replicas": replicas, "engine": engine.name,
-        "xla": cfg.train.use_xla, "steps": cfg.steps, "warmup_steps": cfg.warmup_steps,
+        "xla": cfg.use_xla, "steps": bench.steps, "warmup_steps": bench.warmup_steps,
         "memory": MemoryPeak(memory_device).kind, "latency_unit": "ms per step (one batch per replica)",
         "results": rows,
     }
     if engine.is_chief:
         print(format_tables(result), flush=True)
-        out = cfg.output_path
+        out = cfg.benchmark_output
         if os.path.dirname(out):
             tf.io.gfile.makedirs(os.path.dirname(out))
         with tf.io.gfile.GFile(out, "w") as f:

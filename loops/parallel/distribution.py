@@ -86,13 +86,13 @@ def create_engine(engine: str = "auto", *, fp16_allreduce: bool = False, collect
             raise ValueError("--mparams sync_bn=True is not supported with --engine horovod (Keras's "
                              "synchronized BatchNorm only reduces within a tf.distribute strategy); drop "
                              "sync_bn or use --engine tf_distribute (MirroredStrategy / TF_CONFIG)")
-        from loops.horovod_engine import HorovodEngine  # lazily: Horovod is optional
+        from loops.parallel.horovod_engine import HorovodEngine  # lazily: Horovod is optional
         return HorovodEngine(fp16_allreduce=fp16_allreduce, timeout_s=collective_timeout_s)
     if fp16_allreduce:
         raise ValueError("--hvd_fp16_allreduce only applies to --engine horovod (run under horovodrun)")
-    from loops.slurm import export_tf_config
+    from loops.parallel.slurm import export_tf_config
 
-    if not os.environ.get("TF_CONFIG"):  # set by the user or by the `python -m loops.slurm` wrapper
+    if not os.environ.get("TF_CONFIG"):  # set by the user or by the `python -m loops.parallel.slurm` wrapper
         export_tf_config()  # a plain `srun python train.py` with several tasks: the cluster from Slurm
     multi = _multi_worker_from_tf_config()
     if multi and multi[0] > 1:

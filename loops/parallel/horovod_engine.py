@@ -12,7 +12,7 @@ import os
 import tensorflow as tf
 
 import input as data
-from loops.distribution import Engine
+from loops.parallel.distribution import Engine
 
 
 def _import_horovod():

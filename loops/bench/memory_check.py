@@ -1,7 +1,7 @@
 """Long-run host-memory check: a real train.py run, its resident set sampled throughout, peak RSS per epoch
 and stage, and whether memory grows from epoch to epoch within a stage.
 
-    python -m loops.memory_check [--img_size 224] [--base_img_size 160] [--batch_size 32] [--n_stages 2]
+    python -m loops.bench.memory_check [--img_size 224] [--base_img_size 160] [--batch_size 32] [--n_stages 2]
         [--epochs_per_stage 4] [--steps_per_epoch 6] [--data_dir DIR] [-- more train.py flags]
 
 train.py runs as a child process in train_and_eval mode with progressive resizing and an evaluation (raw and

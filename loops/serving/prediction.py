@@ -19,40 +19,10 @@ import tensorflow as tf
 
 import input as data
 from efficientnet.serving import serving_function
-from loops.config import PRECISIONS
 from loops.evaluation import latency_percentiles
-from loops.restore import display_class_names, restore
-
-PREDICT_WEIGHTS = ("ema", "raw")
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictConfig:
-    ckpt: str
-    image_dir: str | None = None
-    image: str | None = None
-    batch_size: int = 32
-    top_k: int = 5
-    weights: str | None = None  # None: EMA when the checkpoint has them, else raw
-    precision: str = "fp32"
-    img_size: int | None = None  # None: the run's evaluation size (run_spec.json)
-    resize_method: str | None = None  # None: the run's
-    output: str | None = "predictions.jsonl"  # .csv -> CSV, anything else JSON lines; None: not written
-
-    def __post_init__(self):
-        if (self.image_dir is None) == (self.image is None):
-            raise ValueError("pass exactly one of --image_dir and --image")
-        if self.batch_size < 1:
-            raise ValueError(f"--predict_batch_size={self.batch_size}: must be positive")
-        if self.top_k < 1:
-            raise ValueError(f"--top_k={self.top_k}: must be positive")
-        if self.weights is not None and self.weights not in PREDICT_WEIGHTS:
-            raise ValueError(f"--weights={self.weights!r}: must be one of {', '.join(PREDICT_WEIGHTS)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision={self.precision!r}: must be one of {', '.join(PRECISIONS)}")
-        if self.img_size is not None and self.img_size < 1:
-            raise ValueError(f"--img_size={self.img_size}: must be positive")
-
+from loops.precision import set_precision
+from loops.restore import display_class_names, restore_served
+from loops.serving.config import PredictConfig
 
 @dataclasses.dataclass
 class PredictResult:
@@ -109,17 +79,9 @@ def make_infer(model, batch_size: int, image_size: int):
 
 
 def predict(cfg: PredictConfig) -> PredictResult:
-    from loops.training import set_precision
-
     files = list_images(cfg)
     set_precision(cfg.precision)
-    restored = restore(cfg.ckpt, with_ema=cfg.weights != "raw")
-    weights = cfg.weights or ("ema" if restored.has_ema else "raw")
-    if weights == "ema":
-        if not restored.has_ema:
-            raise ValueError(f"--weights=ema, but checkpoint {restored.checkpoint_path} holds no EMA weights; "
-                             "use --weights=raw")
-        restored.use_ema_weights()
+    restored, weights = restore_served(cfg.ckpt, cfg.weights)
     spec, model = restored.spec, restored.model
     names = display_class_names(spec)
     size = cfg.img_size or spec.eval_img_size

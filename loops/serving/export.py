@@ -12,7 +12,6 @@ probabilities [N, C], top_k_class_ids [N, k], top_k_probabilities [N, k] and top
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -23,31 +22,10 @@ from efficientnet.serving import serving_function
 # Reusing evaluation's own crop window and resize (rather than restating the formula) keeps the uint8
 # signature identical to evaluation.
 from input.preprocessing import center_crop_window, resize
-from loops.prediction import PREDICT_WEIGHTS
-from loops.restore import display_class_names, restore
+from loops.restore import display_class_names, restore_served
+from loops.serving.config import ExportConfig
 
 EXPORT_INFO = "export_info.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportConfig:
-    ckpt: str
-    output: str
-    weights: str = "ema"  # falls back to raw, with a note, for a checkpoint without EMA weights
-    top_k: int = 5
-    img_size: int | None = None  # None: the run's evaluation size
-    resize_method: str | None = None  # None: the run's
-    overwrite: bool = False
-
-    def __post_init__(self):
-        if not self.output:
-            raise ValueError("--output is required (the SavedModel directory to write)")
-        if self.weights not in PREDICT_WEIGHTS:
-            raise ValueError(f"--weights={self.weights!r}: must be one of {', '.join(PREDICT_WEIGHTS)}")
-        if self.top_k < 1:
-            raise ValueError(f"--top_k={self.top_k}: must be positive")
-        if self.img_size is not None and self.img_size < 1:
-            raise ValueError(f"--img_size={self.img_size}: must be positive")
 
 
 class ServingModule(tf.Module):
@@ -101,13 +79,7 @@ def export(cfg: ExportConfig) -> dict:
     """Writes the SavedModel and export_info.json to cfg.output; returns that info."""
     if tf.io.gfile.exists(cfg.output) and tf.io.gfile.listdir(cfg.output) and not cfg.overwrite:
         raise FileExistsError(f"--output {cfg.output} exists and is not empty (pass --overwrite to replace it)")
-    restored = restore(cfg.ckpt, with_ema=cfg.weights == "ema")
-    weights = cfg.weights
-    if weights == "ema" and not restored.has_ema:
-        print(f"Checkpoint {restored.checkpoint_path} holds no EMA weights; exporting the raw ones.", flush=True)
-        weights = "raw"
-    if weights == "ema":
-        restored.use_ema_weights()
+    restored, weights = restore_served(cfg.ckpt, cfg.weights)
     spec = restored.spec
     size = cfg.img_size or spec.eval_img_size
     method = cfg.resize_method or spec.resize_method

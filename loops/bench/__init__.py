@@ -1,0 +1,1 @@
+"""Measuring: throughput and latency benchmarks, op-time profiles, memory over a real run."""

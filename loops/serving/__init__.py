@@ -1,0 +1,1 @@
+"""A trained network put to use: predict.py and the exported artifacts."""
