@@ -44,7 +44,9 @@ def slurm_env(tmp_path_factory):
         _unavailable(f"scripts/ci_start_slurm.sh exited {proc.returncode}: {(proc.stdout + proc.stderr)[-2000:]}")
     print(f"Slurm ready in {time.time() - t0:.1f} s: {proc.stdout.strip()}")
     conf = re.search(r"^export SLURM_CONF=(\S+)$", proc.stdout, re.M).group(1)
-    env = {**os.environ, "SLURM_CONF": conf, "TF_CPP_MIN_LOG_LEVEL": "2", "REPO_DIR": REPO}
+    # PYTHON: the jobs run this interpreter (the one with TensorFlow), not <repo>/.venv or python3, which a git
+    # worktree or a venv elsewhere does not have.
+    env = {**os.environ, "SLURM_CONF": conf, "TF_CPP_MIN_LOG_LEVEL": "2", "REPO_DIR": REPO, "PYTHON": sys.executable}
     for name in list(env):   # a developer's shell inside an allocation must not leak into the test jobs
         if name.startswith(("SLURM_", "SBATCH_", "SRUN_")) and name != "SLURM_CONF":
             env.pop(name)
