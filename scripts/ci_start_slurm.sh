@@ -120,9 +120,16 @@ SlurmctldLogFile=$DIR/slurmctld.log
 SlurmdLogFile=$DIR/slurmd.log
 SlurmctldPort=6817
 SlurmdPort=6818
-# Short timers: test jobs are seconds long and a requeued job should be eligible again quickly.
 MinJobAge=300
 KillWait=10
+# A requeued job may start again only cred_expire + 1 s after the requeue (Slurm sets its begin time so): the
+# new launch credential must be newer, to the second, than the revocation of the old run's, or slurmd refuses
+# it ("Job <id> already killed, do not launch batch job") and the job fails. The default 120 s would make the
+# requeue test wait two minutes; 10 s (the minimum is 5) is still ample for a step launch on this node.
+AuthInfo=cred_expire=10
+# Nothing wakes the scheduler when that begin time passes: its periodic pass (60 s by default) starts the job.
+# Every second on this one-node cluster, so the requeued job starts about 12 s after the requeue.
+SchedulerParameters=sched_interval=1
 NodeName=$NODE CPUs=$CPUS State=UNKNOWN
 PartitionName=ci Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 EOF
