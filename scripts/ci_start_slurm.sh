@@ -67,30 +67,9 @@ fi
 
 mkdir -p "$DIR/ctld" "$DIR/spool"
 
-# --- 2. Already running? -------------------------------------------------------------------------------------
-if [ -f "$CONF" ] && SLURM_CONF="$CONF" timeout 10 sinfo -h -o %T 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'; then
-  log "cluster already up: $(SLURM_CONF="$CONF" sinfo -h -o '%P %D %T %N')"
-  echo "export SLURM_CONF=$CONF"
-  exit 0
-fi
-stop_daemons
-
-# --- 3. munge: the authentication Slurm's daemons and clients share -------------------------------------------
-if [ ! -s /etc/munge/munge.key ]; then
-  if command -v mungekey >/dev/null; then mungekey --create --keyfile=/etc/munge/munge.key
-  else dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; fi
-fi
-chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
-install -d -o munge -g munge -m 0755 /run/munge
-install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
-# munged refuses to run as root; the package's munge user owns the key.
-runuser -u munge -- /usr/sbin/munged --pid-file="$DIR/munged.pid.munge" \
-  || die "munged failed to start (see /var/log/munge/munged.log)"
-cp "$DIR/munged.pid.munge" "$DIR/munged.pid" 2>/dev/null || pgrep -u munge -n munged >"$DIR/munged.pid" || true
-munge -n | unmunge >/dev/null || die "munge round trip failed"
-
-# --- 4. slurm.conf -------------------------------------------------------------------------------------------
-cat >"$CONF" <<EOF
+# The configuration, written in step 4; step 2 tells when a running cluster was started with a different one.
+slurm_conf() {
+  cat <<EOF
 # Written by scripts/ci_start_slurm.sh: a one-node test cluster.
 ClusterName=efficientnet-ci
 SlurmctldHost=$NODE
@@ -120,12 +99,50 @@ SlurmctldLogFile=$DIR/slurmctld.log
 SlurmdLogFile=$DIR/slurmd.log
 SlurmctldPort=6817
 SlurmdPort=6818
-# Short timers: test jobs are seconds long and a requeued job should be eligible again quickly.
 MinJobAge=300
 KillWait=10
+# A requeued job may start again only cred_expire + 1 s after the requeue (Slurm sets its begin time so): the
+# new launch credential must be newer, to the second, than the revocation of the old run's, or slurmd refuses
+# it ("Job <id> already killed, do not launch batch job") and the job fails. The default 120 s would make the
+# requeue test wait two minutes; 10 s (the minimum is 5) is still ample for a step launch on this node.
+AuthInfo=cred_expire=10
+# Nothing wakes the scheduler when that begin time passes: its periodic pass (60 s by default) starts the job.
+# Every second on this one-node cluster, so the requeued job starts about 12 s after the requeue.
+SchedulerParameters=sched_interval=1
 NodeName=$NODE CPUs=$CPUS State=UNKNOWN
 PartitionName=ci Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 EOF
+}
+conf_text=$(slurm_conf)
+
+# --- 2. Already running? -------------------------------------------------------------------------------------
+if [ -f "$CONF" ] && SLURM_CONF="$CONF" timeout 10 sinfo -h -o %T 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'; then
+  log "cluster already up: $(SLURM_CONF="$CONF" sinfo -h -o '%P %D %T %N')"
+  # Never restarted from here: the cluster may be running another checkout's jobs. One started from another
+  # version of this script keeps its settings (e.g. Slurm's default 2-minute delay before a requeued job reruns).
+  [ "$(cat "$CONF")" = "$conf_text" ] \
+    || log "note: $CONF differs from what this version writes; stop the cluster (--stop) to apply it"
+  echo "export SLURM_CONF=$CONF"
+  exit 0
+fi
+stop_daemons
+
+# --- 3. munge: the authentication Slurm's daemons and clients share -------------------------------------------
+if [ ! -s /etc/munge/munge.key ]; then
+  if command -v mungekey >/dev/null; then mungekey --create --keyfile=/etc/munge/munge.key
+  else dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; fi
+fi
+chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+install -d -o munge -g munge -m 0755 /run/munge
+install -d -o munge -g munge -m 0700 /var/lib/munge /var/log/munge
+# munged refuses to run as root; the package's munge user owns the key.
+runuser -u munge -- /usr/sbin/munged --pid-file="$DIR/munged.pid.munge" \
+  || die "munged failed to start (see /var/log/munge/munged.log)"
+cp "$DIR/munged.pid.munge" "$DIR/munged.pid" 2>/dev/null || pgrep -u munge -n munged >"$DIR/munged.pid" || true
+munge -n | unmunge >/dev/null || die "munge round trip failed"
+
+# --- 4. slurm.conf -------------------------------------------------------------------------------------------
+printf '%s\n' "$conf_text" >"$CONF"
 
 # --- 5. Daemons ----------------------------------------------------------------------------------------------
 # -c: start from a clean state (no jobs left over from an earlier cluster with the same state directory).
