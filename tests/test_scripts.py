@@ -1,8 +1,9 @@
 """scripts/: the recipe layout, the reference's hyperparameters in every full-size command (DRY_RUN=1, no Python),
-and every recipe run for real in smoke mode (SMOKE=1: demo data, 32 px, 2 steps, CPU), asserting exit codes and
-the files each leaves behind."""
+and every distinct smoke-mode command (SMOKE=1: demo data, 32 px, 2 steps, CPU) run for real, asserting exit codes
+and the files each leaves behind."""
 
 import concurrent.futures
+import functools
 import json
 import os
 import pathlib
@@ -170,6 +171,20 @@ def test_smoke_command_is_cpu_sized_fp32_without_xla():
 
 
 # --- Every recipe, run for real in smoke mode -------------------------------------------------------------------
+# In smoke mode the precision and GPU type of a recipe only name its output files (smoke runs are fp32 on the CPU
+# at one small batch), so the 42 recipes make 8 distinct commands: each is run once, and every recipe is checked
+# to be one of them but for those names.
+_PER_RECIPE_NAME = re.compile(r"(?<=_)(AMP|TF32|FP32)(?=_8x|\.jsonl)|(?<=_8x)(A100-80G|V100-32G)")
+
+
+@functools.lru_cache(maxsize=None)
+def _smoke_command(rel):
+    return tuple(_dry_run(rel, {"SMOKE": "1", "OUTPUT_DIR": "/o"}))
+
+
+def _generic(command):
+    return [_PER_RECIPE_NAME.sub("*", word) for word in command]
+
 
 def _smoke_files(out, rel):
     kind, model, prec, gpu = _kind(rel)
@@ -180,47 +195,78 @@ def _smoke_files(out, rel):
             "inference": [base / f"predictions_{prec}.jsonl"]}[kind]
 
 
+def _representatives():
+    """The first recipe (in ALL_RECIPES order) of each distinct smoke command, per model in run order:
+    training first (later recipes evaluate and predict with its checkpoint)."""
+    seen, picked = set(), []
+    for kind in ("convergence", "benchmark", "evaluation", "inference"):
+        for rel in ALL_RECIPES:
+            key = tuple(_generic(_smoke_command(rel)))
+            if _kind(rel)[0] == kind and key not in seen:
+                seen.add(key)
+                picked.append(rel)
+    return picked
+
+
+SMOKE_RUNS = _representatives()
+
+
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory):
-    """Runs all recipes with SMOKE=1, two at a time (2 cores): per model, the convergence recipes in turn (the
-    first trains, the rest resume the finished run from the shared smoke model dir), then its evaluation and
-    inference recipes on that checkpoint; the benchmarks fill the other slot. -> {rel: (proc, seconds)}."""
+    """Runs the distinct smoke commands, two at a time (2 cores): per model its convergence recipe twice (the
+    second run resumes the finished one, as a rerun after preemption does), then its evaluation and inference
+    recipes on that checkpoint; the benchmarks fill the other slot. -> (out dir, {rel: [(proc, seconds), ...]})."""
     out = tmp_path_factory.mktemp("recipes_smoke")
     env = {"SMOKE": "1", "OUTPUT_DIR": str(out), "TF_CPP_MIN_LOG_LEVEL": "2"}
     results = {}
 
     def run(rel):
         t0 = time.time()
-        results[rel] = (_run(rel, env, timeout=600), time.time() - t0)
+        results.setdefault(rel, []).append((_run(rel, env, timeout=600), time.time() - t0))
 
     def chain(model):
-        for kind in ("convergence", "evaluation", "inference"):
-            for rel in ALL_RECIPES:
+        for kind in ("convergence", "convergence", "evaluation", "inference"):
+            for rel in SMOKE_RUNS:
                 if rel.startswith(model) and _kind(rel)[0] == kind:
                     run(rel)
 
-    benchmarks = [rel for rel in ALL_RECIPES if _kind(rel)[0] == "benchmark"]
-    t0 = time.time()
+    benchmarks = [rel for rel in SMOKE_RUNS if _kind(rel)[0] == "benchmark"]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         for f in [pool.submit(chain, m) for m in MODELS] + [pool.submit(run, rel) for rel in benchmarks]:
             f.result()
-    # Seen with -s: where the time goes, to keep this file near its ~5-minute budget.
-    print(f"\nsmoke recipes: {time.time() - t0:.0f} s wall for {len(results)} scripts")
-    for rel, (proc, seconds) in sorted(results.items()):
-        print(f"  {seconds:6.1f} s  exit {proc.returncode}  {rel}")
     return out, results
 
 
-@pytest.mark.slow
+def test_the_42_recipes_make_8_distinct_smoke_commands():
+    assert len(SMOKE_RUNS) == 8
+    assert sorted(_kind(rel)[:2] for rel in SMOKE_RUNS) == sorted(
+        (kind, model) for kind in ("benchmark", "convergence", "evaluation", "inference") for model in MODELS)
+
+
 @pytest.mark.parametrize("rel", ALL_RECIPES)
-def test_recipe_runs_in_smoke_mode_and_leaves_its_files(smoke_runs, rel):
+def test_each_recipe_smoke_command_is_a_run_one_but_for_its_file_names(rel):
+    command = _smoke_command(rel)
+    runs = [r for r in SMOKE_RUNS if _generic(_smoke_command(r)) == _generic(command)]
+    assert len(runs) == 1, (rel, runs)
+    kind, model, prec, gpu = _kind(rel)
+    # The names it differs by are its own, so recipes of one model never overwrite each other's results.
+    named = [w for w in command if _PER_RECIPE_NAME.search(w)]
+    expected = {"convergence": 0, "benchmark": 1, "evaluation": 1, "inference": 1}[kind]
+    assert len(named) == expected, command
+    assert all(prec in w and (gpu is None or gpu in w) for w in named), command
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rel", SMOKE_RUNS)
+def test_smoke_command_runs_and_leaves_its_files(smoke_runs, rel):
     out, results = smoke_runs
-    proc, seconds = results[rel]
-    assert proc.returncode == 0, f"{rel} exited {proc.returncode} after {seconds:.0f} s:\n{proc.stderr[-4000:]}"
+    for proc, seconds in results[rel]:
+        assert proc.returncode == 0, f"{rel} exited {proc.returncode} after {seconds:.0f} s:\n{proc.stderr[-4000:]}"
     for path in _smoke_files(out, rel):
         assert path.is_file(), f"{rel} did not leave {path}"
     kind, model, prec, gpu = _kind(rel)
     if kind == "convergence":
+        # Run twice: the second run found the finished run and kept it (2 steps, not 4).
         assert json.loads((out / "smoke" / model / "summary.json").read_text())["steps"] == 2
     elif kind == "evaluation":
         report = json.loads(_smoke_files(out, rel)[0].read_text())
