@@ -34,6 +34,13 @@ def _top_k_correct(labels, logits, k):
     return tf.reduce_sum(tf.cast(tf.math.in_top_k(tf.cast(labels, tf.int32), logits, k), tf.float32))
 
 
+def deferred_mixing_seed(seed: int, iterations) -> tf.Tensor:
+    """The stateless seed of --defer_img_mixing at an update: a function of the run's seed, the update and the
+    replica, so a resumed run mixes exactly as an uninterrupted one and replicas mix differently."""
+    replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
+    return tf.stack([tf.constant(seed, tf.int64) * 1_000_003 + replica, tf.cast(iterations, tf.int64)])
+
+
 def make_train_step(state: TrainState, cfg: TrainConfig, *, mixup_alpha: float, cutmix_alpha: float):
     """Returns train_step(iterator) -> {"loss", "top1"} averaged over the update's examples (tensors: nothing
     waits for the step to finish until they are read)."""
@@ -69,7 +76,8 @@ def make_train_step(state: TrainState, cfg: TrainConfig, *, mixup_alpha: float, 
 
     def replica_step(images, labels):
         if defer_mixing:
-            images, labels = mix_batch(images, labels, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+            images, labels = mix_batch(images, labels, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+                                       seed=deferred_mixing_seed(cfg.seed, optimizer.iterations))
         if k == 1:
             grads, loss_sum, correct = forward_backward(images, labels)
         else:

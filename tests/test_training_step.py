@@ -8,12 +8,13 @@ import pytest
 import tensorflow as tf
 
 import efficientnet
+from input import mix_batch
 from input.config import AugmentConfig
 from loops.config import TrainConfig
 from loops.parallel.distribution import Engine
 from loops.ema import ExponentialMovingAverage
 from loops.optimization import create_optimizer, decayed_variables, learning_rate_schedule, peak_learning_rate
-from loops.steps import TrainState, make_train_step
+from loops.steps import TrainState, deferred_mixing_seed, make_train_step
 
 
 def _engine():
@@ -167,14 +168,20 @@ def test_fp16_overflow_skips_the_update_and_halves_the_loss_scale(tmp_path):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_deferred_mixing_in_the_step_uses_soft_labels(tmp_path):
-    cfg = _cfg(tmp_path, train_batch_size=8, optimizer="sgd",
+def test_deferred_mixing_trains_on_the_mixed_batch_with_soft_labels(tmp_path):
+    cfg = _cfg(tmp_path, train_batch_size=8, optimizer="sgd", weight_decay=0.0,
                augment=AugmentConfig(mixup_alpha=0.4, defer_img_mixing=True))
     state = _state(cfg, _small_model)
-    step = make_train_step(state, cfg, mixup_alpha=0.4, cutmix_alpha=0.0)
     images, labels = _batch(8)
+    with state.engine.strategy.scope():
+        seed = state.engine.strategy.run(deferred_mixing_seed, args=(cfg.seed, state.optimizer.iterations))
+    mixed, soft = mix_batch(images, labels, mixup_alpha=0.4, cutmix_alpha=0.0, seed=seed)
+    assert not np.allclose(soft.numpy().max(1), 1.0)  # the batch really is mixed: no row is one-hot
+    logits = state.model(mixed, training=True)
+    expected = keras.losses.categorical_crossentropy(soft, logits, from_logits=True, label_smoothing=0.1)
+    step = make_train_step(state, cfg, mixup_alpha=0.4, cutmix_alpha=0.0)
     out = step(iter(tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)))
-    assert np.isfinite(float(out["loss"]))
+    assert float(out["loss"]) == pytest.approx(float(np.mean(expected)), rel=1e-5)
 
 
 def test_cpu_slowdown_warnings_name_the_flag(tmp_path):
