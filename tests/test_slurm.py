@@ -84,7 +84,7 @@ def test_sbatch_trains_b0_on_two_workers_with_multiworker_mirrored_strategy(slur
     print(f"2-worker sbatch job: {time.time() - t0:.1f} s")
     assert rc == 0, log[-5000:]
     # Each task resolved the same 2-worker cluster from Slurm's environment and knew its own index.
-    workers = re.findall(r"loops\.slurm: worker (\d) of 2: (\[.*\])", log)
+    workers = re.findall(r"loops\.parallel\.slurm: worker (\d) of 2: (\[.*\])", log)
     assert sorted(w for w, _ in workers) == ["0", "1"], log[-5000:]
     assert workers[0][1] == workers[1][1]
     assert "multinode: training finished" in log
@@ -155,7 +155,7 @@ def test_plain_srun_builds_the_multiworker_engine_from_slurm(slurm_env, tmp_path
         assert t["engine"] == "multi_worker_mirrored" and t["replicas"] == 2
         assert t["task"] == {"type": "worker", "index": t["rank"]}
     assert [t["chief"] for t in tasks] == [True, False]
-    assert len(re.findall(r"loops\.slurm: worker \d of 2", proc.stderr)) == 2
+    assert len(re.findall(r"loops\.parallel\.slurm: worker \d of 2", proc.stderr)) == 2
 
 
 def test_resolver_outside_srun_is_none_and_cpu_nodes_skip_nvidia_smi(monkeypatch):

@@ -22,7 +22,9 @@ def tiny_config(model_dir, **overrides) -> TrainConfig:
     base = dict(model_dir=str(model_dir), train_img_size=32, eval_img_size=32, base_img_size=24,
                 train_batch_size=8, eval_batch_size=64, steps_per_epoch=3, max_epochs=2, warmup_epochs=1,
                 save_checkpoint_freq=1, log_steps=1, mode="train", moving_average_decay=0.99,
-                model_overrides={"dropout_rate": 0.0, "drop_connect_rate": 0.0})
+                # A B0 cut to 7 blocks at a quarter width: these runs test the loop, not the network.
+                model_overrides={"dropout_rate": 0.0, "drop_connect_rate": 0.0, "depth_coefficient": 0.1,
+                                 "width_coefficient": 0.25})
     return TrainConfig(**{**base, **overrides})
 
 
@@ -100,7 +102,7 @@ def test_two_replicas_match_one_at_the_same_global_batch(tmp_path, run_script):
     ("--train_img_size", "0", "--train_img_size=0: must be positive"),
     ("--arch", "efficientnet-b9", "unknown EfficientNet variant 'efficientnet-b9'"),
     ("--mparams", "dropout=0.1", "unknown model parameter 'dropout'"),
-    ("--precision", "fp32", "--use_amp contradicts --precision=fp32"),
+    ("--precision", "fp32", "--use_amp=True: contradicts --precision=fp32"),
 ])
 def test_bad_flags_stop_before_any_work_naming_the_flag(tmp_path, run_script, flag, value, message):
     extra = ["--use_amp"] if flag == "--precision" else []

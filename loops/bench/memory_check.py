@@ -23,11 +23,12 @@ import tempfile
 import time
 
 MIB = 2**20
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _train_command(args, model_dir: str, extra: list[str]) -> list[str]:
     epochs = args.n_stages * args.epochs_per_stage
-    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train.py"),
+    cmd = [sys.executable, os.path.join(REPO, "train.py"),
            "--mode", "train_and_eval", "--model_dir", model_dir, "--arch", args.arch,
            "--train_img_size", str(args.img_size), "--eval_img_size", str(args.img_size),
            "--base_img_size", str(args.base_img_size), "--n_stages", str(args.n_stages),
