@@ -151,22 +151,22 @@ def _enhance(level):
 def _op_table(translate_px: float, cutout_px: float):
     """name -> (op, level -> argument). translate_px / cutout_px are reference pixels at 224 px."""
     return {
-        "AutoContrast": (auto_contrast, lambda l: 0.0),
-        "Equalize": (equalize, lambda l: 0.0),
-        "Invert": (invert, lambda l: 0.0),
-        "Rotate": (rotate, lambda l: l / MAX_LEVEL * 30.0),
-        "Posterize": (posterize, lambda l: tf.clip_by_value(tf.floor(l / MAX_LEVEL * 4.0), 0.0, 8.0)),
-        "Solarize": (solarize, lambda l: tf.floor(l / MAX_LEVEL * 256.0)),
-        "SolarizeAdd": (solarize_add, lambda l: tf.floor(l / MAX_LEVEL * 110.0)),
+        "AutoContrast": (auto_contrast, lambda level: 0.0),
+        "Equalize": (equalize, lambda level: 0.0),
+        "Invert": (invert, lambda level: 0.0),
+        "Rotate": (rotate, lambda level: level / MAX_LEVEL * 30.0),
+        "Posterize": (posterize, lambda level: tf.clip_by_value(tf.floor(level / MAX_LEVEL * 4.0), 0.0, 8.0)),
+        "Solarize": (solarize, lambda level: tf.floor(level / MAX_LEVEL * 256.0)),
+        "SolarizeAdd": (solarize_add, lambda level: tf.floor(level / MAX_LEVEL * 110.0)),
         "Color": (color, _enhance),
         "Contrast": (contrast, _enhance),
         "Brightness": (brightness, _enhance),
         "Sharpness": (sharpness, _enhance),
-        "ShearX": (shear_x, lambda l: l / MAX_LEVEL * 0.3),
-        "ShearY": (shear_y, lambda l: l / MAX_LEVEL * 0.3),
-        "TranslateX": (translate_x, lambda l: l / MAX_LEVEL * translate_px / REFERENCE_SIZE),
-        "TranslateY": (translate_y, lambda l: l / MAX_LEVEL * translate_px / REFERENCE_SIZE),
-        "Cutout": (cutout, lambda l: l / MAX_LEVEL * cutout_px / REFERENCE_SIZE),
+        "ShearX": (shear_x, lambda level: level / MAX_LEVEL * 0.3),
+        "ShearY": (shear_y, lambda level: level / MAX_LEVEL * 0.3),
+        "TranslateX": (translate_x, lambda level: level / MAX_LEVEL * translate_px / REFERENCE_SIZE),
+        "TranslateY": (translate_y, lambda level: level / MAX_LEVEL * translate_px / REFERENCE_SIZE),
+        "Cutout": (cutout, lambda level: level / MAX_LEVEL * cutout_px / REFERENCE_SIZE),
     }
 
 
@@ -226,7 +226,7 @@ def autoaugment(image, seed, policy=POLICY_V0):
     names = sorted({op for sub in policy for op, _, _ in sub})
     ops = tf.constant([[names.index(op) for op, _, _ in sub] for sub in policy], tf.int32)
     probs = tf.constant([[p for _, p, _ in sub] for sub in policy], tf.float32)
-    levels = tf.constant([[l for _, _, l in sub] for sub in policy], tf.float32)
+    levels = tf.constant([[level for _, _, level in sub] for sub in policy], tf.float32)
     seeds = tf.random.experimental.stateless_split(seed, 5)
     choice = tf.random.stateless_uniform([], seeds[0], 0, len(policy), dtype=tf.int32)
     img = image

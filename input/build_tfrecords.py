@@ -111,7 +111,8 @@ def build(image_dir: str, output_dir: str, num_shards: int, num_validation_shard
         for k, chunk in enumerate(_split(items, n)):
             plan[f"{split}-{k:05d}-of-{n:05d}"] = chunk
     if not plan:
-        raise FileNotFoundError(f"--image_dir {image_dir} holds no *.jpg/*.jpeg/*.png images under train/ or validation/")
+        raise FileNotFoundError(f"--image_dir {image_dir} holds no *.jpg/*.jpeg/*.png images under train/ or "
+                                "validation/")
 
     os.makedirs(output_dir, exist_ok=True)
     fp = _fingerprint(plan)

@@ -104,7 +104,8 @@ def _read_converter_info(d: str) -> dict | None:
     with open(path) as f:
         info = json.load(f)
     # A count file only counts if it describes exactly the shards present now.
-    present = {os.path.basename(p) for p in glob.glob(os.path.join(d, "train-*")) + glob.glob(os.path.join(d, "validation-*"))}
+    present = {os.path.basename(p)
+               for p in glob.glob(os.path.join(d, TRAIN_PATTERN)) + glob.glob(os.path.join(d, EVAL_PATTERN))}
     if set(info.get("shard_counts", {})) != present:
         return None
     return info
@@ -130,7 +131,8 @@ def _scan_labels(files: list[str]) -> tuple[int, dict[int, str]]:
 
 def open_tfrecord_dir(d: str, *, labels_zero_based: bool = False, num_classes: int | None = None) -> DatasetInfo:
     if not os.path.isdir(d):
-        raise FileNotFoundError(f"--data_dir {d} does not exist (looked for TFRecord shards {d}/train-*, {d}/validation-*)")
+        raise FileNotFoundError(f"--data_dir {d} does not exist (looked for TFRecord shards {d}/train-*, "
+                                f"{d}/validation-*)")
     conv = _read_converter_info(d)
     counts = conv["shard_counts"] if conv else None
     train, evals = _shards(d, TRAIN_PATTERN, counts), _shards(d, EVAL_PATTERN, counts)
@@ -203,7 +205,8 @@ def open_image_folder(d: str) -> DatasetInfo:
         raise FileNotFoundError(f"image folder {d} has class directories but no *.jpg/*.jpeg/*.png files in them")
     return DatasetInfo(
         source="folder",
-        description=f"image folder {d} ({len(classes)} classes; train: {len(train)} images, validation: {len(evals)} images)",
+        description=f"image folder {d} ({len(classes)} classes; train: {len(train)} images, validation: "
+                    f"{len(evals)} images)",
         num_classes=len(classes),
         class_names=tuple(classes),
         num_train_examples=len(train),

@@ -76,7 +76,8 @@ def open_tfds(cfg: DataConfig) -> DatasetInfo:
     image_key, label_key = info.supervised_keys if info.supervised_keys else ("image", "label")
     label_feature = info.features[label_key]
     if not isinstance(info.features[image_key], tfds.features.Image) or not hasattr(label_feature, "num_classes"):
-        raise ValueError(f"TFDS {name} is not an image-classification dataset (supervised keys {image_key}, {label_key})")
+        raise ValueError(f"TFDS {name} is not an image-classification dataset (supervised keys {image_key}, "
+                         f"{label_key})")
 
     def shards(split):
         if split not in info.splits:

@@ -30,7 +30,8 @@ class EvalResult:
             per_second = self.batch_size * len(self.batch_seconds) / sum(self.batch_seconds)
             m.update({"avg_exp_per_second_eval": per_second,
                       "avg_exp_per_second_eval_per_GPU": per_second / num_devices,
-                      "avg_time_per_exp_eval": 1000.0 * sum(self.batch_seconds) / (self.batch_size * len(self.batch_seconds))})
+                      "avg_time_per_exp_eval": 1000.0 * sum(self.batch_seconds)
+                      / (self.batch_size * len(self.batch_seconds))})
             m.update(latency_percentiles(self.batch_seconds))
         return {f"{k}{suffix}": v for k, v in m.items()}
 

@@ -87,10 +87,10 @@ def make_train_step(state: TrainState, cfg: TrainConfig, *, mixup_alpha: float, 
             grads = [tf.zeros_like(v) for v in variables]
             loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
             for i in tf.range(k):
-                g, l, c = forward_backward(images[i], labels[i])
-                grads = [a + b for a, b in zip(grads, g)]
-                loss_sum += l
-                correct += c
+                micro_grads, micro_loss, micro_correct = forward_backward(images[i], labels[i])
+                grads = [a + b for a, b in zip(grads, micro_grads)]
+                loss_sum += micro_loss
+                correct += micro_correct
         grads = engine.reduce_gradients(grads)
         if loss_scaled:
             # Every replica sees the same verdict, so all skip (and lower the scale) or all apply together.

@@ -117,8 +117,8 @@ def main(argv):
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as model_dir:
         keras_step, our_step = keras_fit_step(v, size, BATCH.value), our_train_step(v, size, BATCH.value, model_dir)
-        train_seconds = round_robin({"keras": (lambda _: keras_step(), None), "ours": (lambda _: our_step(), None)},
-                                    STEPS.value, WARMUP.value)
+        train_seconds = round_robin({"keras": (lambda _, step=keras_step: step(), None),
+                                     "ours": (lambda _, step=our_step: step(), None)}, STEPS.value, WARMUP.value)
     base_train, our_train = (BATCH.value * STEPS.value / sum(train_seconds[k]) for k in ("keras", "ours"))
     del keras_step, our_step
     keras.backend.clear_session()

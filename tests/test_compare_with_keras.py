@@ -5,6 +5,7 @@ import re
 import pytest
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_comparison_table_at_tiny_size(run_script):
     out = run_script("scripts/compare_with_keras.py", "--image_size", 32, "--batch_size", 4, "--steps", 2,

@@ -85,7 +85,8 @@ for index in (0, 1):
         weight = keras.Variable([[1.5, -2.25], [3.0, 1e-7]])
         step = tf.Variable(2**40 + 3, dtype=tf.int64)
     MultiWorkerEngine(strategy, "multi_worker_mirrored", num_workers=2, worker_index=index).synchronize([weight, step])
-    out[index] = {"weight": [[float(x) for x in row] for row in strategy.experimental_local_results(weight.value)[1].numpy()],
+    second_replica = strategy.experimental_local_results(weight.value)[1].numpy()
+    out[index] = {"weight": [[float(x) for x in row] for row in second_replica],
                   "step": int(step.numpy())}
 print("SYNC " + json.dumps(out))
 """
@@ -173,6 +174,7 @@ def _chief_wrote_everything(model_dir):
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @needs_horovod
 def test_horovodrun_two_ranks_match_one_process(tmp_path, reference):
@@ -228,6 +230,7 @@ def _run_tf_config_workers(out, *args, expect=0):
     return logs
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_tf_config_two_workers_resume_match_one_process_and_only_the_chief_writes(tmp_path, reference):
     start = time.time()
@@ -279,6 +282,7 @@ def _horovod_rank_pid(launcher_pid, rank):
     raise AssertionError(f"no rank {rank} process under horovodrun")
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @needs_horovod
 def test_horovod_train_py_killed_rank_fails_the_others_quickly(tmp_path):
@@ -305,6 +309,7 @@ def test_horovod_train_py_killed_rank_fails_the_others_quickly(tmp_path):
     print(f"horovodrun exited {seconds:.1f} s after the kill")
 
 
+@pytest.mark.long
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["killed", "frozen"])
 def test_tf_config_lost_worker_fails_the_chief_with_a_clear_error(tmp_path, how):

@@ -42,9 +42,11 @@ def test_train_batches_shapes_ranges_onehot(labelled):
 
 def test_train_seeded_is_reproducible(labelled):
     info, cfg = labelled
-    a = [x.numpy() for x, _ in I.train_dataset(info, cfg, I.AugmentConfig(), batch_size=4, image_size=32, seed=5).take(3)]
-    b = [x.numpy() for x, _ in I.train_dataset(info, cfg, I.AugmentConfig(), batch_size=4, image_size=32, seed=5).take(3)]
-    c = [x.numpy() for x, _ in I.train_dataset(info, cfg, I.AugmentConfig(), batch_size=4, image_size=32, seed=6).take(3)]
+    def first_batches(seed):
+        ds = I.train_dataset(info, cfg, I.AugmentConfig(), batch_size=4, image_size=32, seed=seed)
+        return [x.numpy() for x, _ in ds.take(3)]
+
+    a, b, c = first_batches(5), first_batches(5), first_batches(6)
     assert all(np.array_equal(p, q) for p, q in zip(a, b))
     assert not all(np.array_equal(p, q) for p, q in zip(a, c))
 

@@ -38,6 +38,7 @@ def test_verdict_and_exit_code_follow_the_growth_within_a_stage(tmp_path, capsys
     assert f"verdict: {verdict} (tolerance {tolerance} MiB)" in capsys.readouterr().out
 
 
+@pytest.mark.long
 def test_memory_check_prints_per_epoch_and_per_stage_rss(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "loops.bench.memory_check", "--img_size", "32", "--base_img_size", "24",

@@ -78,7 +78,7 @@ def test_every_script_parses(rel):
 @pytest.mark.parametrize("rel", ALL_RECIPES)
 def test_each_recipe_is_a_call_of_the_shared_launcher_naming_what_its_path_says(rel):
     kind, model, prec, gpu = _kind(rel)
-    body = [l for l in (RECIPES / rel).read_text().splitlines() if l.strip() and not l.startswith("#")]
+    body = [line for line in (RECIPES / rel).read_text().splitlines() if line.strip() and not line.startswith("#")]
     main = {"convergence": f"recipe_main train {model} {prec} {gpu} convergence",
             "benchmark": f"recipe_main train {model} {prec} {gpu} benchmark",
             "evaluation": f"recipe_main eval {model} {prec} {gpu}",
@@ -90,7 +90,7 @@ def test_each_recipe_is_a_call_of_the_shared_launcher_naming_what_its_path_says(
 def _dry_run(rel, env=None, args=()):
     proc = _run(rel, {"DRY_RUN": "1", **(env or {})}, args)
     assert proc.returncode == 0, proc.stderr
-    line = [l for l in proc.stderr.splitlines() if l.startswith("+ ")]
+    line = [text for text in proc.stderr.splitlines() if text.startswith("+ ")]
     assert len(line) == 1, proc.stderr
     return line[0][2:].split()
 

@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START = os.path.join(REPO, "scripts", "ci_start_slurm.sh")
 SUB = os.path.join(REPO, "scripts", "slurm", "run_B0_multinode.sub")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 def _unavailable(reason):
@@ -141,7 +141,8 @@ print(json.dumps({"rank": int(os.environ["SLURM_PROCID"]), "engine": engine.name
 
 
 def test_plain_srun_builds_the_multiworker_engine_from_slurm(slurm_env, tmp_path):
-    """`srun -n 2 python train.py`, without the loops.parallel.slurm wrapper: create_engine reads Slurm's environment."""
+    """`srun -n 2 python train.py`, without the loops.parallel.slurm wrapper: create_engine reads Slurm's
+    environment."""
     probe = tmp_path / "engine_probe.py"
     probe.write_text(ENGINE_PROBE)
     env = {k: v for k, v in slurm_env.items() if k != "TF_CONFIG"}

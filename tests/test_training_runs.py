@@ -83,6 +83,7 @@ def test_resume_after_a_lost_epoch_ends_with_the_same_weights_in_the_right_stage
         np.testing.assert_allclose(again[name], whole[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_two_replicas_match_one_at_the_same_global_batch(tmp_path, run_script):
     out = run_script("tests/replica_parity_probe.py", tmp_path)
@@ -112,6 +113,7 @@ def test_bad_flags_stop_before_any_work_naming_the_flag(tmp_path, run_script, fl
     assert not (tmp_path / "log.jsonl").exists()
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_demo_training_learns_well_above_chance(tmp_path, run_script):
     out = run_script("train.py", "--model_dir", tmp_path, *DEMO_FLAGS, timeout=1200)
