@@ -145,10 +145,10 @@ def export(cfg: ExportConfig) -> dict:
         if failed:
             raise ExportCheckError(f"{', '.join(failed)} failed the self-check against the unexported model "
                                    f"(see above); nothing was written to {cfg.output}")
-        result = {**meta, "formats": list(formats), "check_data": info.description,
-                  "artifacts": {a.name: dataclasses.asdict(a) for a in artifacts}}
+        result = {**meta, "formats": list(formats), "check_data": info.description}
         if cfg.eval:
             result["eval"] = _evaluate(restored.model, size, runners, artifacts, info, data_cfg)
+        result["artifacts"] = {a.name: dataclasses.asdict(a) for a in artifacts}
         with open(os.path.join(work, runtimes.EXPORT_INFO), "w") as f:
             json.dump(result, f, indent=1)
         _put_in_place(work, output)

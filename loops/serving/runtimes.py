@@ -66,6 +66,10 @@ def onnxruntime_session(model: str | bytes):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # warnings about unused initializers etc. are not the user's concern
+    # ONNX Runtime's intra-op threads spin-wait for work after each op and each call by default. On a machine
+    # that also runs other work (the input pipeline, other services) that spinning takes the cores they need;
+    # on our shared 2-core machine it cost throughput and tail latency (docs/deployment.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
