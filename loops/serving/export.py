@@ -112,7 +112,7 @@ def export(cfg: ExportConfig) -> dict:
     """Writes the requested artifacts and export_info.json to cfg.output; returns that info."""
     formats = tuple(dict.fromkeys(cfg.formats)) or default_formats()
     _require_dependencies(formats)
-    output = os.path.abspath(cfg.output)
+    output = os.path.normpath(os.path.abspath(cfg.output))
     if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)) and not cfg.overwrite:
         raise FileExistsError(f"--output {cfg.output} exists and is not empty (pass --overwrite to replace it)")
     restored, weights = restore_served(cfg.ckpt, cfg.weights)
