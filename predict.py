@@ -4,9 +4,25 @@ or with an export: `python predict.py --model EXPORT_DIR [--backend onnxruntime|
 import os
 import sys
 
-# TensorFlow's C++ log lines (e.g. "Input file read error" for a corrupt file) repeat, less clearly, what the
-# one-line messages below say about each file.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _native_logs_off():
+    """TensorFlow's and LiteRT's C++ log lines (e.g. "Input file read error" for a corrupt file, oneDNN and
+    XNNPACK notices) repeat, less clearly, what the one-line messages below say. TensorFlow 2.21 logs some of
+    them through absl before TF_CPP_MIN_LOG_LEVEL applies, so the process's native stderr goes to /dev/null
+    and Python's sys.stderr (our messages, tracebacks) keeps the terminal. TF_CPP_MIN_LOG_LEVEL below 3 in
+    the environment keeps the native lines, for debugging."""
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3") < "3":
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    terminal = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1)
+
+
+_native_logs_off()
 
 from flags import cli  # noqa: E402
 from loops.serving.config import PredictConfig  # noqa: E402
