@@ -10,7 +10,11 @@ benchmark. Same outputs as `model(x, training=False)` up to float rounding, in f
   remapper fused each conv with its bias alone and all 49 swishes stayed separate passes over memory. The
   model's own training swish (efficientnet.model.swish) is a custom gradient too; inference needs none.
 - Squeeze-excite's 1x1 convolutions of a 1x1 map as matrix products (Dense): the same arithmetic, but a
-  oneDNN convolution cost about 0.1 ms per call at this size on our CPU, a matmul about 0.02 ms.
+  oneDNN convolution cost about 0.1 ms per call at this size on our CPU, a matmul about 0.02 ms. For the
+  ONNX export they stay convolutions (`se_as_matmul=False`): tf2onnx turns the NHWC graph into NCHW and
+  removes the transposes it inserts only where it can push them through every op; a [N, C] matrix product
+  reshaped back for the excite multiply stops that, leaving two transposes of a full activation map per
+  block (32 in B0), while 1x1 convolutions keep the whole graph NCHW.
 
 `serving_function` also freezes the weights into graph constants, so grappler can fold what depends on
 weights alone (docs/serving.md has the measurements).
@@ -83,11 +87,15 @@ def _on_pooled_pixel(layer) -> bool:
             and tuple(layer.input.shape[1:3]) == (1, 1))
 
 
-def inference_model(model: keras.Model) -> keras.Model:
+def inference_model(model: keras.Model, *, se_as_matmul: bool = True) -> keras.Model:
     """A new functional model computing `model(x, training=False)`: BatchNorm folded, swish spelled out,
-    squeeze-excite convolutions as Dense layers; every other layer cloned with its weights and dtype policy."""
+    squeeze-excite convolutions as Dense layers (unless `se_as_matmul` is False); every other layer cloned with
+    its weights and dtype policy."""
     pairs = _fold_pairs(model)
     folded_bns = set(pairs.values())
+
+    def as_matmul(layer) -> bool:
+        return se_as_matmul and _on_pooled_pixel(layer)
 
     def clone(layer):
         if layer.name in folded_bns or isinstance(layer, layers.Activation) and _is_swish(layer):
@@ -95,7 +103,7 @@ def inference_model(model: keras.Model) -> keras.Model:
         config = layer.get_config()
         if _is_swish(layer):
             config["activation"] = "linear"  # `call` applies it
-        if _on_pooled_pixel(layer):
+        if as_matmul(layer):
             return layers.Dense(layer.filters, activation=config["activation"], use_bias=layer.use_bias,
                                 dtype=config["dtype"], name=layer.name)
         if layer.name in pairs:
@@ -107,8 +115,15 @@ def inference_model(model: keras.Model) -> keras.Model:
             return inputs
         if isinstance(layer, layers.Activation) and _is_swish(layer):
             return _swish(inputs)
+        original = model.get_layer(layer.name)
+        pooled = as_matmul(original)
+        if pooled:
+            # The matrix product on the [N, C] vector itself: Dense on [N, 1, 1, C] would compute its reshape
+            # from the input's dynamic shape (Shape, Gather, Concat ops in ONNX, and transposes around it).
+            inputs = ops.reshape(inputs, (-1, original.input.shape[-1]))
         outputs = layer(inputs, *args, **kwargs)
-        return _swish(outputs) if _is_swish(model.get_layer(layer.name)) else outputs
+        outputs = _swish(outputs) if _is_swish(original) else outputs
+        return ops.reshape(outputs, (-1, 1, 1, original.filters)) if pooled else outputs
 
     served = keras.models.clone_model(model, clone_function=clone, call_function=call)
     for layer in model.layers:
@@ -117,18 +132,19 @@ def inference_model(model: keras.Model) -> keras.Model:
         target = served.get_layer(layer.name)
         if layer.name in pairs:
             target.set_weights(list(_folded_weights(layer, model.get_layer(pairs[layer.name]))))
-        elif _on_pooled_pixel(layer):
+        elif as_matmul(layer):
             target.set_weights([w.reshape(w.shape[-2:]) if w.ndim == 4 else w for w in layer.get_weights()])
         else:
             target.set_weights(layer.get_weights())
     return served
 
 
-def serving_function(model: keras.Model, input_spec: tf.TensorSpec) -> Callable[[tf.Tensor], tf.Tensor]:
+def serving_function(model: keras.Model, input_spec: tf.TensorSpec, *,
+                     se_as_matmul: bool = True) -> Callable[[tf.Tensor], tf.Tensor]:
     """images (matching `input_spec`) -> the logits of `model(images, training=False)`, computed by
     `inference_model(model)` with its weights frozen into constants: later changes to `model` do not
     reach it. Callable eagerly and from inside other tf.functions (a SavedModel's signatures)."""
-    served = inference_model(model)
+    served = inference_model(model, se_as_matmul=se_as_matmul)
 
     # Named functions, not lambdas: AutoGraph cannot find a lambda's source when the callers' tf.functions
     # convert it, and warns on every trace.
@@ -141,6 +157,18 @@ def serving_function(model: keras.Model, input_spec: tf.TensorSpec) -> Callable[
         return frozen(images)[0]
 
     return frozen_logits
+
+
+def probability_function(model: keras.Model, input_spec: tf.TensorSpec, *, se_as_matmul: bool = True):
+    """A tf.function images (matching `input_spec`) -> float32 softmax probabilities of the frozen inference
+    form: what predict.py runs and what the ONNX and TFLite exports convert."""
+    logits = serving_function(model, input_spec, se_as_matmul=se_as_matmul)
+
+    @tf.function(input_signature=[input_spec])
+    def probabilities(images):
+        return tf.nn.softmax(tf.cast(logits(images), tf.float32), axis=-1)
+
+    return probabilities
 
 
 def with_trained_like_statistics(model: keras.Model, seed: int = 0) -> keras.Model:

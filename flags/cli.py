@@ -70,6 +70,9 @@ def define(config_class: type, flag_values: flags.FlagValues = FLAGS):
         args = (flag_name(field), _flag_default(field, kind))
         if kind == "str" and s.choices is not None:
             flags.DEFINE_enum(*args, list(s.choices), s.help, flag_values=flag_values)
+        elif kind == "list" and s.repeatable:
+            # absl's list flag keeps only the last of repeated flags; a multi flag keeps them all.
+            flags.DEFINE_multi_string(*args, s.help, flag_values=flag_values)
         else:
             definers[kind](*args, s.help, flag_values=flag_values)
 
@@ -78,6 +81,8 @@ def _value(field: dataclasses.Field, s, flag_values: flags.FlagValues) -> Any:
     raw = flag_values[flag_name(field)].value
     if _kind(field) == "str" and raw == "":
         return None  # an empty string flag means "not set", as its default None does
+    if s.repeatable and raw is not None:
+        raw = [item.strip() for value in raw for item in value.split(",") if item.strip()]
     if s.parse is None or raw is None:
         return raw
     try:

@@ -37,6 +37,11 @@ def within(low: float, high: float, *, low_open: bool = False, high_open: bool =
     return Rule(holds, f"must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
 
 
+def each_of(choices: tuple) -> Rule:
+    """Every item of a list-valued setting is one of `choices`."""
+    return Rule(lambda values: all(v in choices for v in values), f"each must be one of {', '.join(choices)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     help: str
@@ -44,13 +49,16 @@ class Setting:
     choices: tuple | None = None
     rule: Rule | None = None
     parse: Callable[[Any], Any] | None = None  # flag value -> field value; list-valued flags need one
+    repeatable: bool = False  # a list flag that may also be given several times (values add up)
 
 
 def setting(default: Any, help: str, *, flag: str | None = None, choices=None, rule: Rule | None = None,
-            parse: Callable[[Any], Any] | None = None):
+            parse: Callable[[Any], Any] | None = None, repeatable: bool = False):
     """A config field that is also a command-line flag. None as a value means "not set" and skips the
-    rule and the choices (the help says what None stands for)."""
-    meta = {_SETTING: Setting(help, flag, tuple(choices) if choices is not None else None, rule, parse)}
+    rule and the choices (the help says what None stands for). A `repeatable` list flag takes comma lists
+    and repetitions alike: `--f a,b --f c` is [a, b, c]."""
+    meta = {_SETTING: Setting(help, flag, tuple(choices) if choices is not None else None, rule, parse,
+                              repeatable)}
     if isinstance(default, (dict, list)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

@@ -9,7 +9,8 @@ import os
 from typing import Any
 
 from efficientnet import canonical_variant, params_for, parse_overrides
-from flags.settings import NON_NEGATIVE, POSITIVE, Rule, Settings, group, require, required, setting, within
+from flags.settings import (NON_NEGATIVE, POSITIVE, Rule, Settings, each_of, group, require, required, setting,
+                            within)
 from input.config import AugmentConfig, DataConfig
 
 MODES = ("train_and_eval", "train", "eval", "training_benchmark", "inference_benchmark")
@@ -19,6 +20,8 @@ OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 LR_DECAYS = ("cosine", "exponential")
 EVAL_WEIGHTS = ("raw", "ema", "both")
 ENGINES = ("auto", "tf_distribute", "horovod")
+# Runtimes a served network runs in (loops.serving.runtimes); all but tf need requirements-export.txt.
+SERVING_BACKENDS = ("tf", "onnxruntime", "tflite")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -44,6 +47,10 @@ class CheckpointSettings(Settings):
 
     def validate(self):
         super().validate()
+        self.require_checkpoint()
+
+    def require_checkpoint(self):
+        """A checkpoint is what every user of these settings runs; predict.py may take an export instead."""
         required(self.ckpt, "ckpt", "a checkpoint prefix or a model_dir")
 
 
@@ -58,7 +65,12 @@ class BenchmarkSettings(Settings):
     precisions: tuple[str, ...] = setting(
         (), "Precisions to benchmark (default: fp32, amp_fp16, amp_bf16, and tf32 on GPU).",
         flag="benchmark_precisions", parse=tuple,
-        rule=Rule(lambda ps: all(p in PRECISIONS for p in ps), f"each must be one of {', '.join(PRECISIONS)}"))
+        rule=each_of(PRECISIONS))
+    backends: tuple[str, ...] = setting(
+        ("tf",), "Inference benchmark: runtimes to time side by side, tf, onnxruntime and/or tflite (the others "
+                 "run the ONNX / TFLite fp32 export of the same network, in fp32 only).",
+        flag="benchmark_backends", parse=tuple,
+        rule=each_of(SERVING_BACKENDS))
     steps: int = setting(20, "Timed steps per batch size and precision.", flag="benchmark_steps", rule=POSITIVE)
     warmup_steps: int = setting(5, "Untimed steps before them (tracing, autotuning).", flag="benchmark_warmup_steps",
                                 rule=NON_NEGATIVE)
@@ -163,6 +175,8 @@ class TrainConfig(PrecisionSettings):
                 self.hvd_fp16_allreduce, "only applies to --engine horovod, not --engine tf_distribute")
         require(self.eval_weights == "raw" or self.moving_average_decay > 0, "eval_weights", self.eval_weights,
                 "needs EMA weights, but --moving_average_decay=0 disables them")
+        require(self.mode == "inference_benchmark" or self.benchmark.backends == ("tf",), "benchmark_backends",
+                ",".join(self.benchmark.backends), "only applies to --mode inference_benchmark")
 
     @property
     def use_ema(self) -> bool:

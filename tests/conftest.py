@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny trained checkpoint (made once per session) and a runner for entry-point scripts."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -30,3 +31,18 @@ def tiny_checkpoint(tmp_path_factory):
                 "--eval_batch_size", 16, "--moving_average_decay", 0.99, "--mode", "train")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return str(model_dir)
+
+
+@pytest.fixture(scope="session")
+def export_runtimes():
+    """Skips a test when the optional requirements-export.txt is not installed, unless
+    EFFICIENTNET_REQUIRE_EXPORT=1 (CI installs it), where that is a failure."""
+    from loops.serving import dependencies
+
+    modules = dependencies.ONNX_EXPORT + dependencies.ONNX_RUNTIME + dependencies.TFLITE_RUNTIME
+    missing = [package for module, package in modules if importlib.util.find_spec(module) is None]
+    if missing:
+        reason = f"requirements-export.txt is not installed (missing {', '.join(missing)})"
+        if os.environ.get("EFFICIENTNET_REQUIRE_EXPORT") == "1":
+            pytest.fail(f"EFFICIENTNET_REQUIRE_EXPORT=1 but {reason}")
+        pytest.skip(reason)

@@ -60,6 +60,26 @@ def test_training_benchmark_table(run_script, tmp_path):
     assert "| part of the step | ms per step | % of op time |" in proc.stdout
 
 
+@pytest.mark.slow
+def test_inference_benchmark_times_the_backends_side_by_side(run_script, export_runtimes, tmp_path):
+    out = tmp_path / "backends.json"
+    proc = run_script("train.py", "--mode", "inference_benchmark", "--model_dir", tmp_path, "--eval_img_size", 32,
+                      "--benchmark_batch_sizes", "1,2", "--benchmark_precisions", "fp32", "--benchmark_backends",
+                      "tf,onnxruntime,tflite", "--benchmark_steps", 3, "--benchmark_warmup_steps", 1,
+                      "--benchmark_output", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    backends = ("tf", "onnxruntime", "tflite")
+    assert [(r["backend"], r["batch_size"]) for r in rows] == [(b, s) for b in backends for s in (1, 2)]
+    for r in rows:
+        assert r["precision"] == "fp32" and r["resolution"] == "32x32"
+        assert r["throughput"] == pytest.approx(1000.0 * r["batch_size"] / r["latency_avg"], rel=1e-6)
+        assert r["latency_99pct"] >= r["latency_95pct"] >= r["latency_90pct"] >= r["latency_50pct"] > 0
+    for title in ("TensorFlow", "ONNX Runtime", "TFLite (LiteRT)"):
+        assert f"FP32, {title} (memory" in proc.stdout
+    assert len(_table_rows(proc.stdout)) == 6
+
+
 def test_bad_benchmark_flags_name_the_flag(run_script, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -73,6 +93,10 @@ def test_bad_benchmark_flags_name_the_flag(run_script, tmp_path):
     proc = run_script("train.py", "--mode", "inference_benchmark", "--model_dir", tmp_path,
                       "--benchmark_batch_sizes", "1,x")
     assert proc.returncode != 0 and "--benchmark_batch_sizes" in proc.stderr
+    proc = run_script("train.py", "--mode", "training_benchmark", "--model_dir", tmp_path,
+                      "--benchmark_backends", "onnxruntime")
+    assert proc.returncode != 0 and "--benchmark_backends='onnxruntime': only applies to --mode inference_benchmark" \
+        in proc.stderr
 
 
 @pytest.mark.parametrize("name,expected", [

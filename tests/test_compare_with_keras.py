@@ -7,12 +7,13 @@ import pytest
 
 @pytest.mark.long
 @pytest.mark.slow
-def test_comparison_table_at_tiny_size(run_script):
+def test_comparison_table_at_tiny_size(run_script, export_runtimes):
     out = run_script("scripts/compare_with_keras.py", "--image_size", 32, "--batch_size", 4, "--steps", 2,
-                     "--warmup_steps", 1, "--latency_calls", 5, timeout=600)
+                     "--warmup_steps", 1, "--latency_calls", 5, "--throughput_batch_size", 4,
+                     "--throughput_calls", 2, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = re.findall(r"^\| (training img/s|batch-1 latency p\d\d ms, [^|]*?)(?: \(higher is better\))? \| "
-                      r"([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out.stdout, re.M)
+    rows = re.findall(r"^\| (training img/s|batch-\d+ (?:latency p\d\d ms|img/s), [^|]*?)"
+                      r"(?: \(higher is better\))? \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out.stdout, re.M)
     assert [r[0] for r in rows] == [
         "training img/s",
         "batch-1 latency p50 ms, predict.py path", "batch-1 latency p99 ms, predict.py path",
@@ -21,7 +22,13 @@ def test_comparison_table_at_tiny_size(run_script):
         "batch-1 latency p50 ms, exported SavedModel, serving_uint8 (+ crop, resize)",
         "batch-1 latency p99 ms, exported SavedModel, serving_uint8 (+ crop, resize)",
         "batch-1 latency p50 ms, our unoptimised model (reference)",
-        "batch-1 latency p99 ms, our unoptimised model (reference)"]
+        "batch-1 latency p99 ms, our unoptimised model (reference)",
+        "batch-1 latency p50 ms, ONNX Runtime: our model.onnx vs Keras's",
+        "batch-1 latency p99 ms, ONNX Runtime: our model.onnx vs Keras's",
+        "batch-4 img/s, ONNX Runtime: our model.onnx vs Keras's",
+        "batch-1 latency p50 ms, predict.py path (TensorFlow) vs Keras's model in ONNX Runtime",
+        "batch-1 latency p99 ms, predict.py path (TensorFlow) vs Keras's model in ONNX Runtime",
+        "batch-4 img/s, predict.py path (TensorFlow) vs Keras's model in ONNX Runtime"]
     for _, base, ours, ratio in rows:
         assert float(base) > 0 and float(ours) > 0
         assert float(ratio) == pytest.approx(float(ours) / float(base), abs=0.01)

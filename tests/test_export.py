@@ -18,7 +18,7 @@ from loops.restore import restore
 @pytest.mark.slow
 def test_exported_savedmodel_round_trips(tiny_checkpoint, tmp_path):
     out = tmp_path / "saved"
-    info = export(ExportConfig(ckpt=tiny_checkpoint, output=str(out), top_k=3))
+    info = export(ExportConfig(ckpt=tiny_checkpoint, output=str(out), top_k=3, formats=("savedmodel",)))
     assert info["weights"] == "ema"
     assert json.loads((out / "export_info.json").read_text())["image_size"] == 32
 
@@ -53,6 +53,6 @@ def test_exported_savedmodel_round_trips(tiny_checkpoint, tmp_path):
 def test_export_refuses_a_non_empty_output_and_a_missing_checkpoint(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        export(ExportConfig(ckpt="unused", output=str(tmp_path)))
+        export(ExportConfig(ckpt="unused", output=str(tmp_path), formats=("savedmodel",)))
     with pytest.raises(FileNotFoundError, match="--ckpt"):
-        export(ExportConfig(ckpt=str(tmp_path / "none"), output=str(tmp_path / "out")))
+        export(ExportConfig(ckpt=str(tmp_path / "none"), output=str(tmp_path / "out"), formats=("savedmodel",)))

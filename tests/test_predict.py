@@ -4,6 +4,8 @@ preprocessing (centre crop), class names, CSV/JSON-lines output, clear errors.""
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -91,3 +93,23 @@ def test_image_dir_without_files_is_a_clear_error(tmp_path):
 def test_image_and_image_dir_are_exclusive(run_script, tmp_path):
     proc = run_script("predict.py", "--ckpt", tmp_path, "--image_dir", tmp_path, "--image", tmp_path / "x.jpg")
     assert proc.returncode != 0 and "exactly one of --image_dir and --image" in proc.stderr
+
+
+@pytest.mark.slow
+def test_default_writes_no_file_and_keeps_tensorflow_logs_off_the_terminal(tiny_checkpoint, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(testdata.encode(testdata.image_array(4, 40, 40), "png"))
+    (images / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated nonsense")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as in a user's shell
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(repo, "predict.py"), "--ckpt", tiny_checkpoint,
+                           "--image_dir", images], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.listdir(tmp_path) == ["images"]  # nothing written where it was run from
+    assert "Predictions not written to a file (pass --output" in proc.stdout
+    assert f"{images / 'a.png'}: " in proc.stdout
+    # The one line that names the corrupt file is all the user sees on stderr: no TensorFlow C++ log lines.
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"predict.py: could not read {images / 'b.jpg'}: "), lines

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 import efficientnet
-from efficientnet.serving import inference_model
+from efficientnet.serving import inference_model, with_trained_like_statistics
 from loops.bench import profiling
 from loops.config import BenchmarkSettings, TrainConfig
 from loops.ema import ExponentialMovingAverage
@@ -28,6 +28,7 @@ from loops.evaluation import latency_percentiles
 from loops.optimization import create_optimizer, learning_rate_schedule
 from loops.parallel.distribution import Engine
 from loops.precision import set_precision
+from loops.serving.runtimes import model_runner
 from loops.steps import TrainState, make_train_step
 
 DEFAULT_INFERENCE_BATCH_SIZES = (1, 8, 32)
@@ -100,14 +101,19 @@ class _SyntheticIterator:
         return _synthetic(*self.args)
 
 
+def _on_host(result):
+    """Waits for a step's result: TensorFlow tensors are copied to the host; other runtimes return host arrays."""
+    return tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, result)
+
+
 def _time_steps(step, bench: BenchmarkSettings, memory: MemoryPeak) -> list[float]:
     with memory:
         for _ in range(bench.warmup_steps):
-            tf.nest.map_structure(lambda t: t.numpy(), step())
+            _on_host(step())
         seconds = []
         for _ in range(bench.steps):
             start = time.perf_counter()
-            tf.nest.map_structure(lambda t: t.numpy(), step())  # waits for the device
+            _on_host(step())  # waits for the device
             seconds.append(time.perf_counter() - start)
     return seconds
 
@@ -150,8 +156,9 @@ def inference_steps(cfg: TrainConfig, engine: Engine, precision: str, num_classe
     strategy = engine.strategy
     with strategy.scope():
         # What predict.py and the export serve (BatchNorm folded), left as variables rather than frozen into
-        # constants so it runs under any strategy and with XLA.
-        model = inference_model(_build_model(cfg, num_classes))
+        # constants so it runs under any strategy and with XLA. Trained-like statistics: with the initial
+        # zero biases grappler drops the bias adds, which changes what it fuses (efficientnet/serving.py).
+        model = inference_model(with_trained_like_statistics(_build_model(cfg, num_classes)))
     for bs in batch_sizes:
         def replica(bs=bs):
             # Runs on each replica's device, so the random batch is made where the model runs.
@@ -167,6 +174,16 @@ def inference_steps(cfg: TrainConfig, engine: Engine, precision: str, num_classe
             return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica), axis=None)
 
         yield bs, step
+
+
+def runtime_inference_steps(cfg: TrainConfig, backend: str, num_classes: int, batch_sizes, image_size: int):
+    """Yields (batch size, step) for each of batch_sizes: the served network exported for `backend`
+    (onnxruntime, tflite) and run by it, on one random batch made on the host, where that runtime reads it."""
+    runner = model_runner(with_trained_like_statistics(_build_model(cfg, num_classes)), image_size, backend)
+    rng = np.random.default_rng(cfg.seed)
+    for bs in batch_sizes:
+        images = rng.uniform(0.0, 255.0, (bs, image_size, image_size, 3)).astype(np.float32)
+        yield bs, lambda images=images: runner(images)
 
 
 def _build_model(cfg: TrainConfig, num_classes: int) -> keras.Model:
@@ -189,25 +206,31 @@ def run_benchmark(cfg: TrainConfig, engine: Engine) -> dict:
             raise ValueError(f"--benchmark_profile_dir={bench.profile_dir}: cannot create it ({e})") from None
     memory_device = "GPU:0" if gpus else None
     num_classes = cfg.num_classes or 1000
-    runs = training_steps if training else inference_steps
     replicas = engine.num_replicas
     rows = []
-    for precision in precisions:
+    runs = [("tf", precision) for precision in precisions] if training or "tf" in bench.backends else []
+    runs += [(backend, "fp32") for backend in bench.backends if backend != "tf" and not training]
+    for backend, precision in runs:
         set_precision(precision)
         keras.utils.set_random_seed(cfg.seed)
-        for bs, step in runs(cfg, engine, precision, num_classes, batch_sizes, image_size):
+        if backend == "tf":
+            steps = (training_steps if training else inference_steps)(cfg, engine, precision, num_classes,
+                                                                       batch_sizes, image_size)
+        else:
+            steps = runtime_inference_steps(cfg, backend, num_classes, batch_sizes, image_size)
+        for bs, step in steps:
             memory = MemoryPeak(memory_device)
             seconds = _time_steps(step, bench, memory)
             lat = latency_percentiles(seconds)
-            global_batch = bs * replicas
-            row = {"precision": precision, "batch_size": bs, "global_batch_size": global_batch,
+            global_batch = bs * (replicas if backend == "tf" else 1)
+            row = {"backend": backend, "precision": precision, "batch_size": bs, "global_batch_size": global_batch,
                    "resolution": f"{image_size}x{image_size}",
                    "throughput": global_batch * len(seconds) / float(np.sum(seconds)), **lat,
                    "peak_memory_mib": memory.mib}
             rows.append(row)
-            print(f"  {cfg.mode} {precision} batch {bs}: {row['throughput']:.2f} img/s, "
+            print(f"  {cfg.mode} {BACKEND_TITLES[backend]} {precision} batch {bs}: {row['throughput']:.2f} img/s, "
                   f"avg {lat['latency_avg']:.2f} ms", flush=True)
-            if bench.profile_dir:
+            if bench.profile_dir and backend == "tf":
                 row["profile"] = _profile_steps(step, bench, os.path.join(bench.profile_dir, f"{precision}_batch{bs}"))
         # Leaves the global policy as it was found: later code in the process builds fp32 models.
         set_precision("fp32")
@@ -231,6 +254,7 @@ def run_benchmark(cfg: TrainConfig, engine: Engine) -> dict:
     return result
 
 
+BACKEND_TITLES = {"tf": "TensorFlow", "onnxruntime": "ONNX Runtime", "tflite": "TFLite (LiteRT)"}
 PRECISION_TITLES = {"fp32": "FP32", "tf32": "TF32", "amp_fp16": "FP16 (AMP)", "amp_bf16": "BF16 (AMP)"}
 COLUMNS = (("Batch size", "batch_size", "{}"), ("Resolution", "resolution", "{}"),
            ("Throughput (img/s)", "throughput", "{:.2f}"), ("Latency Avg (ms)", "latency_avg", "{:.2f}"),
@@ -239,16 +263,17 @@ COLUMNS = (("Batch size", "batch_size", "{}"), ("Resolution", "resolution", "{}"
 
 
 def format_tables(result: dict) -> str:
-    """The reference's tables (one per precision) as Markdown, so they paste into docs unchanged."""
+    """The reference's tables (one per backend and precision) as Markdown, so they paste into docs unchanged."""
     kind = "Training" if result["mode"] == "training_benchmark" else "Inference"
     out = []
-    for precision in dict.fromkeys(r["precision"] for r in result["results"]):
-        out.append(f"\n{kind} performance: {result['model']} on {result['device']} x {result['replicas']}, "
-                   f"{PRECISION_TITLES[precision]}{', XLA' if result['xla'] else ''} "
-                   f"(memory: {result['memory']})\n")
+    for backend, precision in dict.fromkeys((r.get("backend", "tf"), r["precision"]) for r in result["results"]):
+        replicas = result["replicas"] if backend == "tf" else 1
+        out.append(f"\n{kind} performance: {result['model']} on {result['device']} x {replicas}, "
+                   f"{PRECISION_TITLES[precision]}{', XLA' if result['xla'] and backend == 'tf' else ''}, "
+                   f"{BACKEND_TITLES[backend]} (memory: {result['memory']})\n")
         out.append("| " + " | ".join(c[0] for c in COLUMNS) + " |")
         out.append("|" + "|".join("---:" for _ in COLUMNS) + "|")
         for r in result["results"]:
-            if r["precision"] == precision:
+            if (r.get("backend", "tf"), r["precision"]) == (backend, precision):
                 out.append("| " + " | ".join(fmt.format(r[key]) for _, key, fmt in COLUMNS) + " |")
     return "\n".join(out)

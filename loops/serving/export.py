@@ -1,100 +1,183 @@
-"""SavedModel export: two serving signatures that preprocess exactly as evaluation does, and one for images
-preprocessed already.
+"""export.py's work: a checkpoint's inference form written as a SavedModel, ONNX and/or TFLite files, each
+run by its own runtime on evaluation images and compared with the unexported model before anything is put
+in place.
 
-  serving_default (image_bytes: string [N])       encoded images of any TF-decodable format and size
-  serving_uint8   (images: uint8 [N, H, W, 3])    decoded pixels, one size per batch
-  serving_pixels  (images: float32 [N, S, S, 3])  pixels in [0, 255], already centre-cropped and resized to S
-
-The first two apply the evaluation centre crop (size / (size + 32) of the shorter side, or the run's own
-fraction) and resize. All return
-probabilities [N, C], top_k_class_ids [N, k], top_k_probabilities [N, k] and top_k_class_names [N, k].
+Everything is written into a hidden sibling directory of --output first; only when every artifact has
+passed its self-check is that directory renamed to --output (a rename on one filesystem: nobody sees a
+half-written export). A failed check removes it and raises ExportCheckError.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
+import tempfile
 
-import tensorflow as tf
+import numpy as np
 
 import input as data
-from efficientnet.serving import serving_function
-# Reusing evaluation's own crop window and resize (rather than restating the formula) keeps the uint8
-# signature identical to evaluation.
-from input.preprocessing import center_crop_window, resize
 from loops.restore import display_class_names, restore_served
-from loops.serving.config import ExportConfig
+from loops.serving import checking, dependencies, runtimes
+from loops.serving.config import EXPORT_REQUIREMENTS, ExportConfig
+from loops.serving.savedmodel_export import OUTPUTS, SIGNATURES, ServingModule, save
 
-EXPORT_INFO = "export_info.json"
-
-
-class ServingModule(tf.Module):
-    """The signatures run `model`'s frozen inference form (efficientnet.serving): the SavedModel holds its
-    weights as constants and no variables."""
-
-    def __init__(self, model, class_names, image_size: int, resize_method: str, top_k: int,
-                 crop_fraction: float | None = None):
-        super().__init__(name="efficientnet_serving")
-        self._logits = serving_function(model, tf.TensorSpec([None, image_size, image_size, 3], tf.float32))
-        self.image_size, self.resize_method, self.crop_fraction = image_size, resize_method, crop_fraction
-        self.top_k = min(top_k, len(class_names))
-        self.class_names = tuple(class_names)
-        size = image_size
-        self.serve_bytes = tf.function(self._serve_bytes, input_signature=[tf.TensorSpec([None], tf.string)])
-        self.serve_uint8 = tf.function(self._serve_uint8,
-                                       input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
-        self.serve_pixels = tf.function(self._outputs,
-                                        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
-        self._pixel_spec = tf.TensorSpec([size, size, 3], tf.float32)
-
-    def _outputs(self, images):
-        probs = tf.nn.softmax(tf.cast(self._logits(images), tf.float32), axis=-1)
-        top_p, top_i = tf.math.top_k(probs, k=self.top_k)
-        return {"probabilities": probs, "top_k_class_ids": top_i, "top_k_probabilities": top_p,
-                "top_k_class_names": tf.gather(tf.constant(self.class_names, tf.string), top_i)}
-
-    def _serve_bytes(self, image_bytes):
-        images = tf.map_fn(lambda b: data.preprocess_for_eval(b, self.image_size, self.resize_method,
-                                                             self.crop_fraction),
-                           image_bytes, fn_output_signature=self._pixel_spec)
-        return self._outputs(images)
-
-    def _serve_uint8(self, images):
-        def one(img):
-            window = center_crop_window(tf.shape(img), self.image_size, self.crop_fraction)
-            return resize(tf.image.crop_to_bounding_box(img, *window), self.image_size, self.resize_method)
-
-        return self._outputs(tf.map_fn(one, images, fn_output_signature=self._pixel_spec))
+class ExportCheckError(ValueError):
+    """An artifact disagreed with the unexported model beyond the allowed bounds."""
 
 
-def save(module: ServingModule, output: str):
-    tf.saved_model.save(module, output, signatures={
-        "serving_default": module.serve_bytes.get_concrete_function(),
-        "serving_uint8": module.serve_uint8.get_concrete_function(),
-        "serving_pixels": module.serve_pixels.get_concrete_function(),
-    })
+@dataclasses.dataclass
+class Artifact:
+    name: str  # savedmodel, onnx, tflite_fp32, ...
+    path: str  # relative to the export directory ("." for the SavedModel)
+    backend: str
+    input: str
+    output: str
+    check: dict | None = None
+    eval_top1: float | None = None
+
+
+def default_formats() -> tuple[str, ...]:
+    """savedmodel, plus onnx when its converter and runtime are installed."""
+    onnx = dependencies.installed(dependencies.ONNX_EXPORT + dependencies.ONNX_RUNTIME)
+    return ("savedmodel", "onnx") if onnx else ("savedmodel",)
+
+
+def _require_dependencies(formats: tuple[str, ...]):
+    if "onnx" in formats:
+        dependencies.require(dependencies.ONNX_EXPORT + dependencies.ONNX_RUNTIME, "--format onnx")
+    if "tflite" in formats:
+        dependencies.require(dependencies.TFLITE_RUNTIME, "--format tflite (its self-check)")
+
+
+def _pixels_input(size: int) -> str:
+    return f"images float32 [N, {size}, {size}, 3], pixels in [0, 255], already centre-cropped and resized"
+
+
+def _write(cfg: ExportConfig, formats, restored, work: str, size: int, info: data.DatasetInfo,
+           data_cfg: data.DataConfig, meta: dict) -> list[Artifact]:
+    model, spec = restored.model, restored.spec
+    pixels, probs = _pixels_input(size), f"probabilities float32 [N, {spec.num_classes}]"
+    artifacts = []
+    if "savedmodel" in formats:
+        module = ServingModule(model, meta["class_names"], size, meta["resize_method"], cfg.top_k,
+                               meta["eval_crop_fraction"])
+        save(module, work)
+        artifacts.append(Artifact("savedmodel", ".", "tf", "; ".join(f"{k}({v})" for k, v in SIGNATURES.items()),
+                                  ", ".join(OUTPUTS)))
+    if "onnx" in formats:
+        from loops.serving.onnx_export import onnx_model
+
+        proto = onnx_model(model, size, metadata=meta)
+        with open(os.path.join(work, runtimes.ONNX_FILE), "wb") as f:
+            f.write(proto.SerializeToString())
+        artifacts.append(Artifact("onnx", runtimes.ONNX_FILE, "onnxruntime", pixels, probs))
+    if "tflite" in formats:
+        from loops.serving.tflite_export import tflite_model
+
+        calibration = None
+        if "int8" in cfg.tflite_precisions:
+            images = checking.sample_images(info, data_cfg, split="train", count=cfg.calibration_steps,
+                                            image_size=size)
+            print(f"int8 calibration: {len(images)} training images of {info.description}", flush=True)
+            calibration = lambda: iter(images)  # noqa: E731
+        for precision in dict.fromkeys(cfg.tflite_precisions):
+            name = runtimes.tflite_file(precision)
+            with open(os.path.join(work, name), "wb") as f:
+                f.write(tflite_model(model, size, precision, calibration))
+            artifacts.append(Artifact(f"tflite_{precision}", name, "tflite", pixels, probs))
+    return artifacts
+
+
+def _self_check(artifact: Artifact, work: str, images: np.ndarray, reference: np.ndarray, cfg: ExportConfig):
+    """Runs the artifact in its own runtime on `images`; returns (runner, passed)."""
+    runner = runtimes.open_artifact(os.path.join(work, artifact.path), artifact.backend)
+    result = checking.agreement(checking.batched(runner, images), reference)
+    quantized = artifact.name in ("tflite_fp16", "tflite_int8")
+    if quantized:
+        passed = result.top1_agreement >= cfg.min_quantized_agreement
+        bound = f"top-1 agreement >= {cfg.min_quantized_agreement:g} (--min_quantized_agreement)"
+    else:
+        passed = result.max_probability_difference <= cfg.max_probability_difference
+        bound = f"probability difference <= {cfg.max_probability_difference:g} (--max_probability_difference)"
+    artifact.check = {**result.as_dict(), "runtime": runner.description, "passed": passed, "bound": bound}
+    print(f"self-check {artifact.name} ({artifact.path}, {runner.description}): top-1 agreement "
+          f"{result.top1_agreement:.2%} on {result.images} images, largest probability difference "
+          f"{result.max_probability_difference:.2e}: {'ok' if passed else 'FAILED, needs ' + bound}", flush=True)
+    return runner, passed
 
 
 def export(cfg: ExportConfig) -> dict:
-    """Writes the SavedModel and export_info.json to cfg.output; returns that info."""
-    if tf.io.gfile.exists(cfg.output) and tf.io.gfile.listdir(cfg.output) and not cfg.overwrite:
+    """Writes the requested artifacts and export_info.json to cfg.output; returns that info."""
+    formats = tuple(dict.fromkeys(cfg.formats)) or default_formats()
+    _require_dependencies(formats)
+    output = os.path.normpath(os.path.abspath(cfg.output))
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)) and not cfg.overwrite:
         raise FileExistsError(f"--output {cfg.output} exists and is not empty (pass --overwrite to replace it)")
     restored, weights = restore_served(cfg.ckpt, cfg.weights)
     spec = restored.spec
     size = cfg.img_size or spec.eval_img_size
-    method = cfg.resize_method or spec.resize_method
+    data_cfg = dataclasses.replace(cfg.data, resize_method=cfg.data.resize_method or spec.resize_method)
+    info = data.open_dataset(data_cfg)
     crop = spec.eval_crop_fraction
-    module = ServingModule(restored.model, display_class_names(spec), size, method, cfg.top_k, crop)
-    if cfg.overwrite and tf.io.gfile.exists(cfg.output):
-        tf.io.gfile.rmtree(cfg.output)
-    save(module, cfg.output)
-    info = {"checkpoint": restored.checkpoint_path, "model": f"efficientnet-{spec.variant}",
-            "num_classes": spec.num_classes, "weights": weights, "image_size": size, "resize_method": method,
-            "eval_crop_fraction": crop, "top_k": module.top_k,
-            "signatures": {"serving_default": "image_bytes: string [N] (encoded images)",
-                           "serving_uint8": "images: uint8 [N, H, W, 3]",
-                           "serving_pixels": f"images: float32 [N, {size}, {size}, 3] in [0, 255], preprocessed"},
-            "outputs": ["probabilities", "top_k_class_ids", "top_k_probabilities", "top_k_class_names"]}
-    with tf.io.gfile.GFile(os.path.join(cfg.output, EXPORT_INFO), "w") as f:
-        json.dump(info, f, indent=1)
-    return info
+    meta = {"checkpoint": restored.checkpoint_path, "model": f"efficientnet-{spec.variant}",
+            "num_classes": spec.num_classes, "class_names": list(display_class_names(spec)), "weights": weights,
+            "image_size": size, "resize_method": data_cfg.resize_method, "eval_crop_fraction": crop,
+            "top_k": min(cfg.top_k, spec.num_classes)}
+    print(f"Exporting {meta['model']} ({weights} weights, {size} px) as {', '.join(formats)}"
+          + ("" if cfg.formats else f" (the default; onnx needs {EXPORT_REQUIREMENTS})"), flush=True)
+
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.partial-", dir=os.path.dirname(output))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(work, 0o777 & ~umask)  # mkdtemp's 0700 would follow the rename: a model server could not read it
+    try:
+        artifacts = _write(cfg, formats, restored, work, size, info, data_cfg, meta)
+        images = checking.sample_images(info, data_cfg, split="eval", count=cfg.check_images, image_size=size)
+        reference = checking.model_probabilities(restored.model, images)
+        runners, failed = {}, []
+        for artifact in artifacts:
+            runners[artifact.name], passed = _self_check(artifact, work, images, reference, cfg)
+            if not passed:
+                failed.append(artifact.name)
+        if failed:
+            raise ExportCheckError(f"{', '.join(failed)} failed the self-check against the unexported model "
+                                   f"(see above); nothing was written to {cfg.output}")
+        result = {**meta, "formats": list(formats), "check_data": info.description}
+        if cfg.eval:
+            result["eval"] = _evaluate(restored.model, size, runners, artifacts, info, data_cfg)
+        result["artifacts"] = {a.name: dataclasses.asdict(a) for a in artifacts}
+        with open(os.path.join(work, runtimes.EXPORT_INFO), "w") as f:
+            json.dump(result, f, indent=1)
+        _put_in_place(work, output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["output"] = cfg.output
+    return result
+
+
+def _evaluate(model, size, runners, artifacts, info, data_cfg) -> dict:
+    """Top-1 over the evaluation set of the unexported model and of every artifact."""
+    results = {"data": info.description}
+    print(f"Evaluating on {info.description}:", flush=True)
+    for name, fn in [("unexported model", lambda x: checking.model_probabilities(model, x))] + list(runners.items()):
+        top1, count = checking.top1_on_eval_set(fn, info, data_cfg, size)
+        results[name] = top1
+        results["images"] = count
+        print(f"eval top-1 {name}: {top1:.4f} ({count} images)", flush=True)
+    for a in artifacts:
+        a.eval_top1 = results[a.name]
+    return results
+
+
+def _put_in_place(work: str, output: str):
+    """Renames the finished export to `output`, replacing an existing one only once the new one is complete."""
+    if os.path.exists(output):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old-", dir=os.path.dirname(output))
+        os.rename(output, os.path.join(old, "export"))
+        os.rename(work, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(work, output)

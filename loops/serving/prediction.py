@@ -1,4 +1,5 @@
-"""predict.py's work: image files -> top-k class names and probabilities, in file order.
+"""predict.py's work: image files -> top-k class names and probabilities, in file order, from a checkpoint
+(run by TensorFlow, or converted in memory for ONNX Runtime or LiteRT) or from an export's artifact.
 
 Images go through input.preprocess_for_eval (the evaluation centre crop and resize), decoded in parallel by
 tf.data. A file that does not decode is dropped there (ignore_errors) and noticed by its missing index, then
@@ -18,11 +19,11 @@ import numpy as np
 import tensorflow as tf
 
 import input as data
-from efficientnet.serving import serving_function
 from loops.evaluation import latency_percentiles
 from loops.precision import set_precision
 from loops.restore import display_class_names, restore_served
-from loops.serving.config import PredictConfig
+from loops.serving import dependencies, runtimes
+from loops.serving.config import TFLITE_PRECISIONS, PredictConfig
 
 @dataclasses.dataclass
 class PredictResult:
@@ -30,6 +31,8 @@ class PredictResult:
     metrics: dict  # images, images_per_second, latency_* (ms per batch)
     weights: str
     output: str | None
+    runtime: str  # e.g. "ONNX Runtime 1.32.0"
+    source: str  # the checkpoint or artifact that ran
 
     @property
     def errors(self) -> list[dict]:
@@ -65,29 +68,87 @@ def _decode_error(path: str, image_size: int, resize_method: str, crop: float | 
     return "could not be decoded"
 
 
-def make_infer(model, batch_size: int, image_size: int):
-    """The traced batch -> probabilities function predict.py times: the model's frozen inference form
-    (efficientnet.serving), one fixed input shape."""
-    spec = tf.TensorSpec([batch_size, image_size, image_size, 3], tf.float32)
-    logits = serving_function(model, spec)
+@dataclasses.dataclass
+class Served:
+    """What predict.py runs and how images must reach it."""
 
-    @tf.function(input_signature=[spec])
-    def infer(x):
-        return tf.nn.softmax(tf.cast(logits(x), tf.float32), axis=-1)
+    runner: object  # images float32 [N, S, S, 3] -> probabilities [N, C] (loops.serving.runtimes)
+    class_names: tuple[str, ...]
+    image_size: int
+    resize_method: str
+    crop_fraction: float | None
+    weights: str
+    source: str  # the checkpoint or artifact file
 
-    return infer
+
+def _export_info(path: str) -> tuple[str, dict]:
+    """(export directory, its export_info.json) of --model: the directory itself or a file in it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--model {path} does not exist")
+    directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    info_path = os.path.join(directory, runtimes.EXPORT_INFO)
+    if not os.path.isfile(info_path):
+        raise FileNotFoundError(f"--model {path}: no {runtimes.EXPORT_INFO} in {directory}; pass a directory "
+                                f"written by export.py or a file inside one")
+    with open(info_path) as f:
+        return directory, json.load(f)
+
+
+def _artifact_file(path: str, directory: str, backend: str | None) -> tuple[str, str]:
+    """(file or SavedModel directory to open, backend) for --model and --backend."""
+    if os.path.isfile(path):
+        by_suffix = {".onnx": "onnxruntime", ".tflite": "tflite"}
+        found = by_suffix.get(os.path.splitext(path)[1])
+        if found is None or backend not in (None, found):
+            raise ValueError(f"--model {path}: runs with --backend {found or 'tf (pass its directory)'}, "
+                             f"not {backend}")
+        return path, found
+    present = {"onnxruntime": os.path.isfile(os.path.join(directory, runtimes.ONNX_FILE)),
+               "tf": os.path.isfile(os.path.join(directory, runtimes.SAVED_MODEL_FILE)),
+               "tflite": bool(_tflite_files(directory))}
+    if backend is None:
+        onnx_ready = present["onnxruntime"] and dependencies.installed(dependencies.ONNX_RUNTIME)
+        backend = "onnxruntime" if onnx_ready else "tf" if present["tf"] else next(
+            (b for b, ok in present.items() if ok), "tf")
+    if not present[backend]:
+        raise FileNotFoundError(f"--model {path} holds no artifact for --backend {backend} "
+                                f"(export it with export.py --format {'savedmodel' if backend == 'tf' else backend})")
+    files = {"onnxruntime": runtimes.ONNX_FILE, "tf": ".", "tflite": (_tflite_files(directory) or [""])[0]}
+    return os.path.normpath(os.path.join(directory, files[backend])), backend
+
+
+def _tflite_files(directory: str) -> list[str]:
+    """The TFLite files of an export, most exact first."""
+    return [runtimes.tflite_file(p) for p in TFLITE_PRECISIONS
+            if os.path.isfile(os.path.join(directory, runtimes.tflite_file(p)))]
+
+
+def open_served(cfg: PredictConfig) -> Served:
+    """--model (an export) or --ckpt, in the runtime --backend names."""
+    if cfg.backend is not None:  # checked before a checkpoint is restored or an artifact opened
+        dependencies.require(dependencies.for_backend(cfg.backend, converting=cfg.model is None),
+                             f"--backend {cfg.backend}")
+    if cfg.model is not None:
+        directory, info = _export_info(cfg.model)
+        path, backend = _artifact_file(cfg.model, directory, cfg.backend)
+        runner = runtimes.open_artifact(path, backend)
+        return Served(runner, tuple(info["class_names"]), info["image_size"],
+                      cfg.resize_method or info["resize_method"], info["eval_crop_fraction"], info["weights"], path)
+    set_precision(cfg.precision)
+    restored, weights = restore_served(cfg.ckpt, cfg.weights)
+    spec, model = restored.spec, restored.model
+    size = cfg.img_size or spec.eval_img_size
+    # --backend tf: one traced shape, since predict pads every batch to it.
+    runner = runtimes.model_runner(model, size, cfg.backend or "tf", cfg.batch_size)
+    return Served(runner, display_class_names(spec), size, cfg.resize_method or spec.resize_method,
+                  spec.eval_crop_fraction, weights, restored.checkpoint_path)
 
 
 def predict(cfg: PredictConfig) -> PredictResult:
     files = list_images(cfg)
-    set_precision(cfg.precision)
-    restored, weights = restore_served(cfg.ckpt, cfg.weights)
-    spec, model = restored.spec, restored.model
-    names = display_class_names(spec)
-    size = cfg.img_size or spec.eval_img_size
-    method = cfg.resize_method or spec.resize_method
-    crop = spec.eval_crop_fraction
-    k = min(cfg.top_k, spec.num_classes)
+    served = open_served(cfg)
+    names, size, method, crop = served.class_names, served.image_size, served.resize_method, served.crop_fraction
+    k = min(cfg.top_k, len(names))
     bs = cfg.batch_size
 
     paths = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string)).enumerate()
@@ -95,17 +156,17 @@ def predict(cfg: PredictConfig) -> PredictResult:
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     batches = images.ignore_errors().batch(bs).prefetch(2)
 
-    infer = make_infer(model, bs, size)
-    # Every batch is padded to the traced shape, so this one warm-up call pays for all tracing.
-    infer(tf.zeros([bs, size, size, 3])).numpy()
+    # Every batch is padded to one shape, so this one warm-up call pays for all tracing and allocation.
+    served.runner(np.zeros([bs, size, size, 3], np.float32))
     probs_by_index: dict[int, np.ndarray] = {}
     seconds = []
     for idx, imgs in batches:
         n = int(idx.shape[0])
+        imgs = imgs.numpy()
         if n < bs:
-            imgs = tf.concat([imgs, tf.zeros([bs - n, size, size, 3], imgs.dtype)], 0)
+            imgs = np.concatenate([imgs, np.zeros([bs - n, size, size, 3], imgs.dtype)])
         start = time.perf_counter()
-        probs = infer(imgs).numpy()  # .numpy() waits for the device
+        probs = served.runner(imgs)  # a host array: the runtime has finished
         seconds.append(time.perf_counter() - start)
         for j, i in enumerate(idx.numpy()):
             probs_by_index[int(i)] = probs[j]
@@ -126,7 +187,8 @@ def predict(cfg: PredictConfig) -> PredictResult:
         metrics.update(latency_percentiles(seconds))
     if cfg.output:
         write_rows(rows, cfg.output)
-    return PredictResult(rows=rows, metrics=metrics, weights=weights, output=cfg.output)
+    return PredictResult(rows=rows, metrics=metrics, weights=served.weights, output=cfg.output,
+                         runtime=served.runner.description, source=served.source)
 
 
 def write_rows(rows: list[dict], path: str):
