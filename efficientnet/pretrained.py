@@ -26,7 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnet.model import IMAGENET_MEAN, IMAGENET_STD, VARIANTS, decode_blocks, params_for
+from efficientnet.model import (IMAGENET_MEAN, IMAGENET_STD, VARIANTS, decode_blocks, params_for,
+                                round_filters)
 
 FORMATS = ("ours", "keras_h5", "keras_v3", "tpu", "timm_safetensors")
 WEIGHTS = ("ema", "raw")
@@ -184,7 +185,7 @@ def _keras_var_name(weight_name: str) -> str:
     return "kernel" if name == "depthwise_kernel" else name
 
 
-def _keras_normalization(path: str, mean, variance, notes: list[str]) -> tuple[tuple, tuple]:
+def _keras_normalization(mean, variance, notes: list[str]) -> tuple[tuple, tuple]:
     """The (mean, std) in pixels that a Keras Applications file's network was trained with."""
     mean = np.asarray(mean, np.float64).reshape(-1)
     variance = np.asarray(variance, np.float64).reshape(-1)
@@ -218,7 +219,7 @@ def _read_keras_h5(path: str, notes: list[str]) -> _Source:
     if norm is None:
         raise ValueError(f"{path}: Keras weights without the Normalization layer every "
                          "keras.applications EfficientNet has; not an EfficientNet file")
-    mean, std = _keras_normalization(path, norm[0], norm[1], notes)
+    mean, std = _keras_normalization(norm[0], norm[1], notes)
     return _Source(entries, mean, std, "single", notes)
 
 
@@ -284,19 +285,19 @@ def _read_keras_v3(path: str, model, notes: list[str]) -> _Source:
         if cls == "normalization":
             norm = values
             continue
-        for var, value in zip(_V3_VAR_NAMES[cls], values):
-            entries.append((f"{layer}/{var}", value, f"{group}/vars/{_V3_VAR_NAMES[cls].index(var)} ({layer})"))
+        for i, (var, value) in enumerate(zip(_V3_VAR_NAMES[cls], values)):
+            entries.append((f"{layer}/{var}", value, f"{group}/vars/{i} ({layer})"))
     if norm is None:
         raise ValueError(f"{path}: Keras weights without the Normalization layer every "
                          "keras.applications EfficientNet has; not an EfficientNet file")
-    mean, std = _keras_normalization(path, norm[0], norm[1], notes)
+    mean, std = _keras_normalization(norm[0], norm[1], notes)
     return _Source(entries, mean, std, "single", notes)
 
 
 def _match_v3_layout(path, model, groups) -> dict[str, str]:
     """Layer names for a Keras 3 file written before Keras recorded them: the B0-B7 layout (or the
     model's own) whose groups and shapes the file has, the classifier's class count aside."""
-    found = {group: [v.shape for v in values] for group, values in ((g, vs) for g, (_, vs) in groups.items())}
+    found = {group: [v.shape for v in values] for group, (_, values) in groups.items()}
     candidates = [params_for(v) for v in VARIANTS]
     if getattr(model, "params", None) is not None:
         candidates.insert(0, model.params)
@@ -313,7 +314,6 @@ def _match_v3_layout(path, model, groups) -> dict[str, str]:
 
 def _keras_layout_shapes(params) -> dict[str, list[tuple]]:
     """Variable shapes per Keras layer name, computed from the block table (no model built)."""
-    from efficientnet.model import round_filters
     stem = round_filters(params.stem_filters, params.width_coefficient, params.depth_divisor)
     head = round_filters(params.head_filters, params.width_coefficient, params.depth_divisor)
     shapes = {"normalization": [(3,), (3,), ()], "stem_conv": [(3, 3, 3, stem)], "stem_bn": [(stem,)] * 4}
@@ -458,16 +458,16 @@ def _read_ours(path: str, prefix: str, model, weights: str, notes: list[str]) ->
     entries = []
     for key in model_keys:
         var = by_key.get(key)
-        if var is None:
-            entries.append((f"<checkpoint {key}>", _ShapeOnly(keys[key]), key))
-            continue
         source = key
-        if use_ema:
-            # Shadows follow model.weights order; the raw keys just checked say the network is the same.
-            i = variables.index(var)
-            if list(keys.get(shadows[i], [])) == list(keys[key]):
-                source = shadows[i]
-        entries.append((var, _Lazy(path, reader, source, tuple(keys[source])), source))
+        if var is not None and use_ema:
+            # Shadows follow model.weights order; when every raw key fits the model (checked with the rest),
+            # the network is the same and so is the order.
+            source = shadows[variables.index(var)]
+            if source not in keys:
+                raise ValueError(f"{path}: EMA shadow {source} is missing (the checkpoint has fewer shadows than "
+                                 "model variables)")
+        # A key the model has no variable for stays in, under a name no variable has, for the error.
+        entries.append((var or f"<checkpoint {key}>", _Lazy(path, reader, source, tuple(keys[source])), source))
     spec_path = os.path.join(os.path.dirname(prefix), "run_spec.json")
     if os.path.isfile(spec_path):
         with open(spec_path) as f:
@@ -476,16 +476,6 @@ def _read_ours(path: str, prefix: str, model, weights: str, notes: list[str]) ->
     else:
         hint = ""
     return _Source(entries, None, None, "ema" if use_ema else "raw", notes, blocks_hint=hint)
-
-
-@dataclasses.dataclass
-class _ShapeOnly:
-    """A checkpoint variable the model has no place for: only its shape matters (for the error)."""
-
-    shape: list
-
-    def __array__(self, dtype=None, copy=None):
-        raise AssertionError("never read")
 
 
 @dataclasses.dataclass

@@ -255,7 +255,8 @@ def test_round_trip_through_keras_applications(ours, variant, images, tmp_path):
 
 def tpu_names(keras_model, scope):
     """{keras variable path: tensorflow/tpu variable name}, by the reference's rules: variable scopes stem,
-    blocks_<i>, head; tf.layers named at first call (conv2d, conv2d_1, tpu_batch_normalization_<n>)."""
+    blocks_<i>, head; tf.layers named at first call (conv2d, conv2d_1, tpu_batch_normalization_<n>), as in
+    efficientnet_model.py and Keras's own converter of these checkpoints (efficientnet_weight_update_util.py)."""
     names = {"stem_conv/kernel": f"{scope}/stem/conv2d/kernel",
              "top_conv/kernel": f"{scope}/head/conv2d/kernel",
              "predictions/kernel": f"{scope}/head/dense/kernel",
