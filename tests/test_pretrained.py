@@ -560,3 +560,14 @@ def test_unknown_format(ours, tmp_path):
     one_line_error(excinfo, tmp_path, "a directory without a 'checkpoint' file")
     with pytest.raises(ValueError, match="weights='best'"):
         pretrained.load_into(ours["b0"], str(path), weights="best")
+
+
+def test_stated_input_normalisation_is_folded_into_the_stem(sources, ours, images, tmp_path):
+    """A checkpoint does not record its normalisation; stated with another std, the stem absorbs it and the
+    network computes what the Keras file with that variance (same weights) computes."""
+    prefix, _ = write_tpu_checkpoint(tmp_path / "tpu", sources["b0"], "efficientnet-b0")
+    report = pretrained.load_into(ours["b0"], prefix,
+                                  input_normalization=(IMAGENET_MEAN * 255, np.sqrt(ODD_VARIANCE) * 255))
+    assert report.stem_rescaled
+    assert prefix in report.summary() and "tpu, ema weights" in report.summary()
+    assert_close(logits(ours["b0"], images), sources["b0_file_logits"], "tpu b0 with a stated std")
