@@ -1,6 +1,6 @@
 """Export a SavedModel for serving: `python export.py --ckpt MODEL_DIR_OR_PREFIX --output DIR`
 (also `python -m export ...`). Signatures: serving_default (encoded image bytes), serving_uint8 (pixels),
-serving_pixels (preprocessed pixels)."""
+serving_pixels (preprocessed pixels). `--format keras --output FILE.h5`: a keras.applications weights file."""
 
 import os
 
@@ -11,6 +11,13 @@ from loops.serving.config import ExportConfig  # noqa: E402
 
 
 def work(cfg: ExportConfig) -> int:
+    if cfg.format == "keras":
+        from loops.serving.keras_weights import export_keras_weights
+
+        info = export_keras_weights(cfg)
+        print(f"Keras Applications weights written to {cfg.output} ({info['model']}, {info['num_classes']} classes, "
+              f"{info['weights']} weights, {info['layout']}); load with {info['load_with']}")
+        return 0
     from loops.serving.export import export
 
     info = export(cfg)

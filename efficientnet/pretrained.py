@@ -26,8 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnet.model import (IMAGENET_MEAN, IMAGENET_STD, VARIANTS, decode_blocks, params_for,
-                                round_filters)
+from efficientnet.params import (IMAGENET_MEAN, IMAGENET_STD, VARIANTS, decode_blocks, params_for,
+                                 round_filters)
 
 FORMATS = ("ours", "keras_h5", "keras_v3", "tpu", "timm_safetensors")
 WEIGHTS = ("ema", "raw")
@@ -64,6 +64,14 @@ class LoadReport:
         return "; ".join(parts + list(self.notes))
 
 
+class ClassifierMismatch(ValueError):
+    """The file's classifier has another class count than the model's, or the file has none (a notop file)."""
+
+    def __init__(self, message: str, path: str, file_classes: int | None, model_classes: int):
+        super().__init__(message)
+        self.path, self.file_classes, self.model_classes = path, file_classes, model_classes
+
+
 @dataclasses.dataclass
 class _Source:
     entries: list[tuple[str, np.ndarray, str]]  # (our variable path, value, the file's own name for it)
@@ -72,6 +80,7 @@ class _Source:
     weights: str
     notes: list[str]
     blocks_hint: str = ""  # e.g. "efficientnet-b1" when the file names its variant
+    format: str = ""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -161,6 +170,51 @@ def detect_format(path: str) -> str:
                          f"first keys: {', '.join(sorted(keys)[:3])}")
     raise ValueError(f"{path}: not a known weights format (expected a TensorFlow checkpoint, Keras HDF5 weights "
                      "or timm safetensors)")
+
+
+def recorded_normalization(path: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The input normalisation (mean, std), in 0-255 pixels, that the network at `path` expects, when the
+    file records it: a Keras Applications file's Normalization layer (read as `load_into` reads it), timm's
+    config.json beside the safetensors, our run_spec.json beside the checkpoint. None when it does not
+    (tensorflow/tpu checkpoints: ImageNet's, or AdvProp's 127.5, by the checkpoint's origin; timm without
+    config.json). Reads only that, so a model can be built with it (ModelParams.input_mean/input_std) before
+    the weights are loaded."""
+    path = os.fspath(path)
+    fmt = detect_format(path)
+    if fmt in ("keras_h5", "keras_v3"):
+        try:
+            with h5py.File(path, "r") as f:
+                values = _keras_normalization_values(f)
+        except OSError as e:
+            raise ValueError(f"{path}: unreadable HDF5 file (truncated or corrupt): {_one_line(e)}") from None
+        if values is None:
+            raise ValueError(f"{path}: Keras weights without the Normalization layer every "
+                             "keras.applications EfficientNet has; not an EfficientNet file")
+        return _keras_normalization(values[0], values[1], [])
+    if fmt == "timm_safetensors":
+        return _timm_config(_timm_file(path))
+    if fmt == "ours":
+        spec = _run_spec(_checkpoint_prefix(path))
+        return _run_spec_normalization(spec) if spec else None
+    return None
+
+
+def _keras_normalization_values(f) -> list[np.ndarray] | None:
+    """[mean, variance, count] of the Normalization layer in an open Keras weights file (either layout)."""
+    if "layers" in f and not _h5_attr_list(f, "layer_names"):
+        for child in f["layers"]:
+            vars_group = f["layers"][child].get("vars")
+            name = vars_group.attrs.get("name", child) if isinstance(vars_group, h5py.Group) else child
+            name = name.decode("utf8") if isinstance(name, bytes) else str(name)
+            if name.startswith("normalization") and isinstance(vars_group, h5py.Group) and len(vars_group):
+                return [np.asarray(vars_group[k]) for k in sorted(vars_group, key=int)]
+        return None
+    group = f if _h5_attr_list(f, "layer_names") else f["model_weights"]
+    for layer in _h5_attr_list(group, "layer_names"):
+        weight_names = _h5_attr_list(group[layer], "weight_names")
+        if layer.startswith("normalization") and weight_names:
+            return [np.asarray(group[layer][w]) for w in weight_names]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -422,60 +476,103 @@ def _get_tensor(path: str, reader, key: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 # our own checkpoints
 
-def _variable_keys(model) -> dict[str, str]:
-    """{variable path: checkpoint key} for `tf.train.Checkpoint(model=model)`, from TensorFlow's own view
-    of the object graph (the keys follow Keras's attribute layout, e.g. model/_operations/2/_kernel)."""
+def _model_trails(model) -> dict[tuple[str, ...], str]:
+    """{object path from the checkpoint root: variable path} of `tf.train.Checkpoint(model=model)`, from
+    TensorFlow's own view of the object graph (Keras's attribute layout, e.g. model/_operations/2/_kernel)."""
     root = tf.train.Checkpoint(model=model)
     view = tf.train.TrackableView(root)
-    keys, seen = {}, set()
+    trails, seen = {}, set()
 
     def walk(obj, trail):
         if id(obj) in seen:
             return
         seen.add(id(obj))
         if isinstance(obj, keras.Variable):
-            keys[obj.path] = "/".join(trail) + "/.ATTRIBUTES/VARIABLE_VALUE"
+            trails[trail] = obj.path
             return
         for name, child in view.children(obj).items():
-            # tf.train's escaping of object names in keys ("." doubles, "/" becomes ".S").
-            walk(child, trail + [name.replace(".", "..").replace("/", ".S")])
+            walk(child, trail + (name,))
 
-    walk(root, [])
-    return keys
+    walk(root, ())
+    return trails
+
+
+def _file_variables(path: str, reader, below: str) -> dict[tuple[str, ...], str]:
+    """{object path: checkpoint key} of every variable reachable from the checkpoint root's child `below`,
+    read from the checkpoint's own object graph. A variable is saved once, under the first path TensorFlow
+    found to it: train.py's trainable weights are keyed under optimizer/_trainable_variables/<i>, not under
+    model/..., so keys cannot be derived from the model's attribute names alone."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    try:
+        graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    except (tf.errors.OpError, ValueError) as e:
+        raise ValueError(f"{path}: checkpoint without a readable object graph: {_one_line(e)}") from None
+    found, seen = {}, set()
+
+    def walk(node_id, trail):
+        if node_id in seen:
+            return
+        seen.add(node_id)
+        node = graph.nodes[node_id]
+        value = [a.checkpoint_key for a in node.attributes if a.name == "VARIABLE_VALUE"]
+        if value:
+            found[trail] = value[0]
+            return
+        for child in node.children:
+            walk(child.node_id, trail + (child.local_name,))
+
+    for child in graph.nodes[0].children:
+        if child.local_name == below:
+            walk(child.node_id, (below,))
+    return found
 
 
 def _read_ours(path: str, prefix: str, model, weights: str, notes: list[str]) -> _Source:
     keys = _checkpoint_keys(path, prefix)
     reader = _checkpoint_reader(path, prefix)
-    wanted = _variable_keys(model)
-    by_key = {key: var for var, key in wanted.items()}
+    trails = _model_trails(model)
+    in_file = _file_variables(path, reader, "model")
     variables = [w.path for w in model.weights]
-    shadows = [f"ema/shadows/{i}/.ATTRIBUTES/VARIABLE_VALUE" for i in range(len(variables))]
-    use_ema = weights == "ema" and shadows[0] in keys
+    shadows = _file_variables(path, reader, "ema")
+    use_ema = weights == "ema" and ("ema", "shadows", "0") in shadows
     if weights == "ema" and not use_ema:
         notes.append("the checkpoint holds no EMA shadows: raw weights loaded")
-    model_keys = sorted(k for k in keys if k.startswith("model/") and k.endswith("/.ATTRIBUTES/VARIABLE_VALUE"))
     entries = []
-    for key in model_keys:
-        var = by_key.get(key)
+    for trail, key in sorted(in_file.items()):
+        var = trails.get(trail)
         source = key
         if var is not None and use_ema:
-            # Shadows follow model.weights order; when every raw key fits the model (checked with the rest),
-            # the network is the same and so is the order.
-            source = shadows[variables.index(var)]
-            if source not in keys:
-                raise ValueError(f"{path}: EMA shadow {source} is missing (the checkpoint has fewer shadows than "
-                                 "model variables)")
-        # A key the model has no variable for stays in, under a name no variable has, for the error.
-        entries.append((var or f"<checkpoint {key}>", _Lazy(path, reader, source, tuple(keys[source])), source))
+            # Shadows follow model.weights order; when every raw variable fits the model (checked with the
+            # rest), the network is the same and so is the order.
+            shadow = ("ema", "shadows", str(variables.index(var)))
+            if shadow not in shadows:
+                raise ValueError(f"{path}: EMA shadow {'/'.join(shadow)} is missing (the checkpoint has fewer "
+                                 "shadows than model variables)")
+            source = shadows[shadow]
+        # A variable the model has no place for stays in, under a name no variable has, for the error.
+        entries.append((var or f"<checkpoint {'/'.join(trail)}>", _Lazy(path, reader, source, tuple(keys[source])),
+                        source))
+    spec = _run_spec(prefix)
+    hint = f"{spec.get('variant')}, {spec.get('num_classes')} classes" if spec else ""
+    mean, std = _run_spec_normalization(spec) if spec else (None, None)  # None: the model's own
+    return _Source(entries, mean, std, "ema" if use_ema else "raw", notes, blocks_hint=hint)
+
+
+def _run_spec(prefix: str) -> dict | None:
+    """train.py's run_spec.json beside a checkpoint (what network it holds), when there is one."""
     spec_path = os.path.join(os.path.dirname(prefix), "run_spec.json")
-    if os.path.isfile(spec_path):
-        with open(spec_path) as f:
-            spec = json.load(f)
-        hint = f"{spec.get('variant')}, {spec.get('num_classes')} classes"
-    else:
-        hint = ""
-    return _Source(entries, None, None, "ema" if use_ema else "raw", notes, blocks_hint=hint)
+    if not os.path.isfile(spec_path):
+        return None
+    with open(spec_path) as f:
+        return json.load(f)
+
+
+def _run_spec_normalization(spec: dict) -> tuple[tuple, tuple]:
+    """The input normalisation the run's model had: its input_mean/input_std overrides, else our default."""
+    overrides = spec.get("model_overrides") or {}
+    params = params_for("b0", **{k: overrides[k] for k in ("input_mean", "input_std") if k in overrides})
+    return params.input_mean, params.input_std
 
 
 @dataclasses.dataclass
@@ -526,14 +623,12 @@ def _from_torch(layer: str, value: np.ndarray) -> np.ndarray:
     return value
 
 
-def _timm_config(path: str, notes: list[str]) -> tuple[tuple, tuple]:
-    """mean/std from a Hugging Face hub config.json beside the file (timm writes pretrained_cfg there);
-    without one, timm's default for tf_efficientnet_b<k> (ImageNet mean/std)."""
+def _timm_config(path: str) -> tuple[tuple, tuple] | None:
+    """mean/std from a Hugging Face hub config.json beside the file (timm writes pretrained_cfg there), None
+    without one. Refuses an architecture other than the tf_ ports."""
     config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
     if not os.path.isfile(config_path):
-        notes.append("no config.json beside the file: assumed a tf_efficientnet_b<k> with ImageNet mean/std "
-                     "('same' padding, BN eps 1e-3)")
-        return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
+        return None
     with open(config_path) as f:
         config = json.load(f)
     arch = str(config.get("architecture", ""))
@@ -554,7 +649,11 @@ def _read_timm(path: str, notes: list[str]) -> _Source:
         tensors = load_file(path)
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{path}: unreadable safetensors file (truncated or corrupt): {_one_line(e)}") from None
-    mean, std = _timm_config(path, notes)
+    recorded = _timm_config(path)
+    if recorded is None:
+        notes.append("no config.json beside the file: assumed a tf_efficientnet_b<k> with ImageNet mean/std "
+                     "('same' padding, BN eps 1e-3)")
+    mean, std = recorded or (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
     entries = []
     for key, value in tensors.items():
         if key.endswith("num_batches_tracked"):
@@ -627,7 +726,7 @@ def _model_normalization(model) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_into(model: keras.Model, path: str, *, weights: str = "ema", skip_head: bool = False,
-              replace_head: bool = False,
+              replace_head: bool = False, exclude: Sequence[str] = (),
               input_normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> LoadReport:
     """Assigns every variable of `model` (built by efficientnet.build_model) from the weights at `path`.
 
@@ -636,10 +735,13 @@ def load_into(model: keras.Model, path: str, *, weights: str = "ema", skip_head:
     skip_head: leave the classifier (`predictions`) as it is, whatever the file holds.
     replace_head: allow a file whose classifier has another class count, or none (a _notop file), and keep
       the model's own; without it that is an error.
+    exclude: regular expressions matched at the start of our variable paths (`predictions`, `top_`,
+      `block7`, `.*_bn/moving_`): those variables stay as they are and the file's values for them are not
+      read or checked. A pattern that matches no variable is an error (a typo would otherwise load everything).
     input_normalization: (mean, std) in 0-255 pixels the source network was trained with, for files that do
-      not record it (tpu, timm without config.json; default ImageNet's) or to override a Keras file's.
+      not record it (tpu, timm without config.json; default ImageNet's) or to override a file's.
       A different scale is folded into the stem kernel exactly; a different mean cannot be (the stem's zero
-      padding would differ) and is an error.
+      padding would differ) and is an error unless the model was built with that mean (ModelParams.input_mean).
 
     Raises FileNotFoundError or ValueError with one line naming the file and what is wrong. Nothing is
     assigned unless everything fits.
@@ -647,6 +749,111 @@ def load_into(model: keras.Model, path: str, *, weights: str = "ema", skip_head:
     path = os.fspath(path)
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r}: expected one of {', '.join(WEIGHTS)}")
+    variables = {w.path: w for w in model.weights}
+    excluded = excluded_variables(model, exclude)
+    source = _read(path, model, weights)
+    if input_normalization is not None:
+        source.mean, source.std = (tuple(float(v) for v in input_normalization[0]),
+                                   tuple(float(v) for v in input_normalization[1]))
+
+    head_vars = [p for p in variables if p.startswith("predictions/")]
+    entries = sorted(source.entries, key=lambda e: _network_order(e[0]))
+    entry_keys = [e[0] for e in entries]
+    file_head = {k: _shape(v) for k, v, _ in entries if k.startswith("predictions/")}
+    model_head = {p: tuple(variables[p].shape) for p in head_vars}
+
+    head = "loaded"
+    if skip_head:
+        head = "skipped (skip_head)"
+    elif head_vars and all(p in excluded for p in head_vars):
+        head = "skipped (excluded)"
+    elif file_head != model_head:
+        n_file = file_head.get("predictions/bias", (None,))[0]
+        n_model = model_head.get("predictions/bias", (None,))[0]
+        features_fit = (not file_head or file_head.get("predictions/kernel", (None,))[0]
+                        == model_head.get("predictions/kernel", (None,))[0])
+        if not features_fit:
+            pass  # an architecture mismatch: the generic check below names it
+        elif replace_head:
+            head = (f"new: the file has none, the model's {n_model} classes keep their initialisation"
+                    if not file_head else f"replaced: the file has {n_file} classes, the model {n_model}; the "
+                                          "model's new classifier keeps its initialisation")
+        elif not file_head:
+            raise ClassifierMismatch(
+                f"{path}: the file has no classifier (a notop file) but {model.name} has one with {n_model} "
+                "classes; pass skip_head=True or replace_head=True to keep the model's", path, None, n_model)
+        else:
+            raise ClassifierMismatch(
+                f"{path}: the file's classifier has {n_file} classes, {model.name}'s {n_model}; pass "
+                f"replace_head=True to start a new classifier, or build the model with {n_file} classes",
+                path, n_file, n_model)
+    left = set(excluded) | (set(head_vars) if head != "loaded" else set())
+
+    assign = []
+    for key, value, name in entries:
+        if key in left:
+            continue
+        expected = tuple(variables[key].shape) if key in variables else None
+        if expected != _shape(value):
+            raise _misfit(path, model, source, name if name == key else f"{name} (our {key})", expected,
+                          _shape(value), entry_keys)
+        assign.append((variables[key], value))
+    provided = set(entry_keys)
+    for p, var in variables.items():
+        if p not in provided and p not in left:
+            raise _misfit(path, model, source, p, tuple(var.shape), None, entry_keys)
+
+    model_mean, model_std = _model_normalization(model)
+    stem_scale = None
+    if source.mean is not None:
+        if np.max(np.abs(np.asarray(source.mean) - model_mean)) > _MEAN_TOLERANCE:
+            raise ValueError(
+                f"{path}: the source network expects inputs normalised with mean "
+                f"{_fmt(source.mean)} and std {_fmt(source.std)} (pixels) but {model.name} subtracts "
+                f"{_fmt(model_mean)}; a different mean cannot be folded into the stem exactly (its zero padding "
+                f"would differ): build the model with input_mean={_param(source.mean)},"
+                f"input_std={_param(source.std)} (--mparams)")
+        ratio = model_std / np.asarray(source.std, np.float64)
+        if np.max(np.abs(ratio - 1.0)) > 1e-6 and "stem_conv/kernel" not in left:
+            # The model feeds z = (x - mean) / std_model to the stem; the source's kernel wants
+            # (x - mean) / std_source = z * ratio. Scaling the kernel's input channels by ratio is exact,
+            # zero padding included (0 * ratio = 0).
+            stem_scale = ratio
+    else:
+        source.mean, source.std = tuple(float(v) for v in model_mean), tuple(float(v) for v in model_std)
+
+    # Everything is read before anything is assigned: a truncated data file fails with the model untouched.
+    arrays = [value.load() if isinstance(value, _Lazy) else np.asarray(value) for _, value in assign]
+    for (var, _), array in zip(assign, arrays):
+        if stem_scale is not None and var.path == "stem_conv/kernel":
+            array = (array.astype(np.float64) * stem_scale.reshape(1, 1, 3, 1)).astype(np.float32)
+        var.assign(array.astype(var.dtype))
+    return LoadReport(path=path, format=source.format, weights=source.weights, assigned=len(assign),
+                      skipped=tuple(p for p in variables if p in left), head=head,
+                      source_mean=tuple(source.mean), source_std=tuple(source.std),
+                      stem_rescaled=stem_scale is not None, notes=tuple(source.notes))
+
+
+def excluded_variables(model: keras.Model, patterns: Sequence[str]) -> list[str]:
+    """Paths of the model's variables matched at their start by any of `patterns` (regular expressions);
+    ValueError for a pattern that is no regular expression or matches nothing."""
+    variables = [w.path for w in model.weights]
+    excluded = []
+    for pattern in patterns:
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"exclude pattern {pattern!r} is not a regular expression: {e}") from None
+        matched = [p for p in variables if regex.match(p)]
+        if not matched:
+            raise ValueError(f"exclude pattern {pattern!r} matches no variable of the model (variables are named "
+                             "like stem_conv/kernel, block6a_expand_bn/gamma, top_conv/kernel, predictions/bias)")
+        excluded += [p for p in matched if p not in excluded]
+    return excluded
+
+
+def _read(path: str, model, weights: str) -> _Source:
+    """The file at `path` as (our variable path, value) entries, whatever its format."""
     fmt = detect_format(path)
     notes: list[str] = []
     if fmt == "ours":
@@ -659,81 +866,14 @@ def load_into(model: keras.Model, path: str, *, weights: str = "ema", skip_head:
         source = _read_keras_v3(path, model, notes)
     else:
         source = _read_timm(_timm_file(path), notes)
-    if input_normalization is not None:
-        source.mean, source.std = (tuple(float(v) for v in input_normalization[0]),
-                                   tuple(float(v) for v in input_normalization[1]))
+    source.format = fmt
+    return source
 
-    variables = {w.path: w for w in model.weights}
-    head_vars = [p for p in variables if p.startswith("predictions/")]
-    entries = sorted(source.entries, key=lambda e: _network_order(e[0]))
-    entry_keys = [e[0] for e in entries]
-    file_head = {k: _shape(v) for k, v, _ in entries if k.startswith("predictions/")}
-    model_head = {p: tuple(variables[p].shape) for p in head_vars}
 
-    head = "loaded"
-    if skip_head:
-        head = "skipped (skip_head)"
-    elif file_head != model_head:
-        n_file = file_head.get("predictions/bias", (None,))[0]
-        n_model = model_head.get("predictions/bias", (None,))[0]
-        features_fit = (not file_head or file_head.get("predictions/kernel", (None,))[0]
-                        == model_head.get("predictions/kernel", (None,))[0])
-        if not features_fit:
-            pass  # an architecture mismatch: the generic check below names it
-        elif replace_head:
-            head = ("not in the file (no classifier): kept the model's" if not file_head
-                    else f"replaced: the file has {n_file} classes, the model {n_model}; kept the model's")
-        elif not file_head:
-            raise ValueError(f"{path}: the file has no classifier (a notop file) but {model.name} has one with "
-                             f"{n_model} classes; pass skip_head=True or replace_head=True to keep the model's")
-        else:
-            raise ValueError(f"{path}: the file's classifier has {n_file} classes, {model.name}'s {n_model}; pass "
-                             "replace_head=True to start a new classifier, or build the model with "
-                             f"{n_file} classes")
-    keep_head = head != "loaded"
-
-    assign = []
-    for key, value, name in entries:
-        if keep_head and key.startswith("predictions/"):
-            continue
-        expected = tuple(variables[key].shape) if key in variables else None
-        if expected != _shape(value):
-            raise _misfit(path, model, source, name if name == key else f"{name} (our {key})", expected,
-                          _shape(value), entry_keys)
-        assign.append((variables[key], value))
-    provided = set(entry_keys)
-    for p, var in variables.items():
-        if p not in provided and not (keep_head and p in head_vars):
-            raise _misfit(path, model, source, p, tuple(var.shape), None, entry_keys)
-
-    stem_scale = None
-    if source.mean is not None:
-        model_mean, model_std = _model_normalization(model)
-        if np.max(np.abs(np.asarray(source.mean) - model_mean)) > _MEAN_TOLERANCE:
-            raise ValueError(
-                f"{path}: the source network expects inputs normalised with mean "
-                f"{_fmt(source.mean)} and std {_fmt(source.std)} (pixels) but {model.name} subtracts "
-                f"{_fmt(model_mean)}; a different mean cannot be folded into the stem exactly (its zero padding "
-                "would differ): the model needs that input normalisation")
-        ratio = model_std / np.asarray(source.std, np.float64)
-        if np.max(np.abs(ratio - 1.0)) > 1e-6:
-            # The model feeds z = (x - mean) / std_model to the stem; the source's kernel wants
-            # (x - mean) / std_source = z * ratio. Scaling the kernel's input channels by ratio is exact,
-            # zero padding included (0 * ratio = 0).
-            stem_scale = ratio
-    else:
-        source.mean, source.std = (tuple(float(v) for v in m) for m in _model_normalization(model))
-
-    # Everything is read before anything is assigned: a truncated data file fails with the model untouched.
-    arrays = [value.load() if isinstance(value, _Lazy) else np.asarray(value) for _, value in assign]
-    for (var, _), array in zip(assign, arrays):
-        if stem_scale is not None and var.path == "stem_conv/kernel":
-            array = (array.astype(np.float64) * stem_scale.reshape(1, 1, 3, 1)).astype(np.float32)
-        var.assign(array.astype(var.dtype))
-    return LoadReport(path=path, format=fmt, weights=source.weights, assigned=len(assign),
-                      skipped=tuple(head_vars) if keep_head else (), head=head,
-                      source_mean=tuple(source.mean), source_std=tuple(source.std),
-                      stem_rescaled=stem_scale is not None, notes=tuple(source.notes))
+def _param(values) -> str:
+    """Per-channel values as --mparams spells them: one number when all agree, else R:G:B."""
+    values = [float(f"{v:.4f}") for v in values]
+    return f"{values[0]:g}" if len(set(values)) == 1 else ":".join(f"{v:g}" for v in values)
 
 
 def _fmt(values) -> str:
@@ -742,6 +882,28 @@ def _fmt(values) -> str:
 
 # ---------------------------------------------------------------------------------------------------------
 # saving
+
+# ModelParams fields that keras.applications' EfficientNet does not fix: training-only settings, the class
+# count (its `classes`), and the normalisation, which its Normalization layer holds as weights.
+_KERAS_FREE_FIELDS = ("num_classes", "dropout_rate", "drop_connect_rate", "bn_momentum", "sync_bn", "resolution",
+                      "input_mean", "input_std")
+
+
+def _check_keras_architecture(name: str, params):
+    """Refuses a model keras.applications cannot build (--mparams changed its architecture)."""
+    by_coefficients = [v for v, (w, d, _, _) in VARIANTS.items()
+                       if (w, d) == (params.width_coefficient, params.depth_coefficient)]
+    reference = params_for(by_coefficients[0] if by_coefficients else "b0")
+    if params.activation not in ("swish", "silu"):
+        raise ValueError(f"{name}: activation={params.activation!r}; keras.applications EfficientNet uses swish")
+    for field in dataclasses.fields(params):
+        if field.name in _KERAS_FREE_FIELDS + ("activation",):
+            continue
+        mine, theirs = getattr(params, field.name), getattr(reference, field.name)
+        if mine != theirs:
+            raise ValueError(f"{name}: {field.name}={mine!r}, but no keras.applications EfficientNet has that "
+                             f"(its {field.name} is {theirs!r}): the model cannot be written as its weights file")
+
 
 def save_keras_weights(model: keras.Model, path: str, *, include_top: bool = True) -> str:
     """Writes `model`'s weights as a keras.applications weights file: the legacy HDF5 layout of the released
@@ -757,6 +919,7 @@ def save_keras_weights(model: keras.Model, path: str, *, include_top: bool = Tru
     if params is None:
         raise ValueError(f"{model.name} was not built by efficientnet.build_model (no .params): its Keras "
                          "Applications layout is unknown")
+    _check_keras_architecture(model.name, params)
     path = os.fspath(path)
     mean, std = _model_normalization(model)
     by_layer = {}

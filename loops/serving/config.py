@@ -9,6 +9,7 @@ from input.config import RESIZE_METHODS
 from loops.config import CheckpointSettings, PrecisionSettings
 
 SERVED_WEIGHTS = ("ema", "raw")
+EXPORT_FORMATS = ("savedmodel", "keras")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -38,9 +39,15 @@ class PredictConfig(ServingSettings, PrecisionSettings):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExportConfig(ServingSettings):
-    output: str | None = setting(None, "SavedModel directory to write.")
-    overwrite: bool = setting(False, "Replace a non-empty --output directory.")
+    format: str = setting("savedmodel", "What to write: savedmodel (a directory with serving signatures) or keras "
+                                        "(a keras.applications.EfficientNetB<k> weights file: Keras 3's layout "
+                                        "for a name ending in .weights.h5, else the released .h5 files' layout).",
+                          choices=EXPORT_FORMATS)
+    output: str | None = setting(None, "SavedModel directory (or, with --format keras, weights file) to write.")
+    overwrite: bool = setting(False, "Replace a non-empty --output directory (or an existing file).")
 
     def validate(self):
         super().validate()
-        required(self.output, "output", "the SavedModel directory to write")
+        required(self.output, "output", "the SavedModel directory or weights file to write")
+        require(self.format != "keras" or self.output.endswith(".h5"), "output", self.output,
+                "a Keras weights file name ends in .h5 (or .weights.h5), which is how Keras picks its reader")
