@@ -3,6 +3,12 @@ what a run does: which variables a real train step changes, BatchNorm statistics
 kept or replaced, the EMA starting from the loaded weights, a resumed run ignoring the init file, and a
 one-line error for each bad file."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -202,3 +208,59 @@ def test_train_py_fine_tunes_our_checkpoint_and_exits_1_with_one_line_for_a_bad_
         f"train.py: error: --init_checkpoint {keras_file[0]} has a 7-class classifier, this run 10 classes; pass "
         "--init_checkpoint_replace_head to start a fresh classifier")
     assert tf.train.latest_checkpoint(str(tmp_path / "bad")) is None
+
+
+PROBE = str(pathlib.Path(__file__).resolve().parent / "warm_start_probe.py")
+
+
+@pytest.fixture(scope="module")
+def ten_class_file(tmp_path_factory):
+    """A Keras Applications B0 file with the demo set's 10 classes, and its values."""
+    model = with_trained_like_statistics(efficientnet.build_model("b0", 10), seed=22)
+    path = pretrained.save_keras_weights(model, str(tmp_path_factory.mktemp("keras10") / "b0_10.h5"))
+    return path, {w.path: w.numpy() for w in model.weights}
+
+
+def every_copy_is_the_files(dump: dict, source: dict, replicas: int):
+    assert len(dump) == 2 * replicas * len(source)
+    for name, value in source.items():
+        for r in range(replicas):
+            np.testing.assert_array_equal(dump[f"{name}@{r}"], value, err_msg=f"{name} replica {r}")
+            np.testing.assert_array_equal(dump[f"ema:{name}@{r}"], value, err_msg=f"EMA {name} replica {r}")
+
+
+@pytest.mark.slow
+def test_mirrored_replicas_and_their_ema_all_start_from_the_file(ten_class_file, tmp_path):
+    path, source = ten_class_file
+    proc = subprocess.run([sys.executable, PROBE, "mirrored", str(tmp_path), path], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 replicas" in proc.stdout
+    with np.load(tmp_path / "vars-mirrored-0.npz") as dump:
+        every_copy_is_the_files(dict(dump), source, replicas=2)
+
+
+@pytest.mark.slow
+def test_multi_worker_non_chief_gets_the_chiefs_loaded_weights_without_reading_the_file(ten_class_file, tmp_path):
+    """Only the chief reads --init_checkpoint (the other worker's path does not even exist); build_run's
+    engine.synchronize hands every worker the loaded weights and EMA shadows."""
+    from test_distributed import _free_ports, _stop
+
+    path, source = ten_class_file
+    ports = _free_ports(2)
+    procs = []
+    for i, init in enumerate([path, str(tmp_path / "not_on_this_worker.h5")]):
+        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": i}}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)}
+        procs.append(subprocess.Popen([sys.executable, PROBE, "worker", str(tmp_path), init], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      start_new_session=True))
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+    finally:
+        _stop(procs)
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "Initialized from --init_checkpoint" in outputs[0] and "Initialized" not in outputs[1]
+    for worker in (0, 1):
+        with np.load(tmp_path / f"vars-worker-{worker}.npz") as dump:
+            every_copy_is_the_files(dict(dump), source, replicas=1)
