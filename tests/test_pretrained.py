@@ -14,6 +14,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+# Private Keras modules, for want of public ones: Keras 3's public save_weights writes only the .weights.h5
+# layout, while the released efficientnetb<k>.h5 files are in the legacy layout that legacy_h5_format alone
+# writes; and EfficientNetB0(weights="imagenet") downloads through keras_efficientnet's own reference to
+# file_utils.get_file, which is the only place to hand it a local file (no network here; a file put in the
+# Keras cache is re-downloaded because its hash differs from the released one).
 from keras.src.applications import efficientnet as keras_efficientnet
 from keras.src.legacy.saving import legacy_h5_format
 from safetensors.numpy import save_file
@@ -217,6 +222,41 @@ def test_keras_file_trained_without_imagenet_mean_is_refused(ours, tmp_path):
     one_line_error(excinfo, path, "mean (0.000, 0.000, 0.000)", "std (255.000, 255.000, 255.000)",
                    "(123.675, 116.280, 103.530)")
     np.testing.assert_array_equal(ours["b0"].get_layer("stem_conv").kernel.numpy(), before)
+
+
+def test_model_built_with_the_sources_mean_loads_exactly(images, tmp_path):
+    """What cannot be folded into the stem (a different mean) is a model setting: ModelParams.input_mean and
+    input_std. A Keras model trained from scratch (mean 0, variance 1, recorded in its file) and an AdvProp-style
+    tensorflow/tpu checkpoint ((x - 127.5) / 127.5, stated) give their logits in models built that way."""
+    scratch = keras_source("b0", variance=np.ones(3, np.float32), mean=np.zeros(3, np.float32), seed=11)
+    path = save_legacy_h5(scratch, tmp_path / "scratch.h5")
+    mean, std = pretrained.recorded_normalization(path)
+    np.testing.assert_allclose(mean, (0, 0, 0), atol=1e-6)
+    np.testing.assert_allclose(std, (255, 255, 255), rtol=1e-6)
+    model = efficientnet.build_model("b0", CLASSES, input_mean=mean, input_std=std)
+    report = pretrained.load_into(model, path)
+    assert not report.stem_rescaled
+    assert_close(logits(model, images), logits(scratch, images), "keras b0 trained from scratch, input_mean=0")
+
+    advprop = keras_source("b0", variance=np.full(3, 0.25, np.float32), mean=np.full(3, 0.5, np.float32), seed=12)
+    prefix, _ = write_tpu_checkpoint(tmp_path / "advprop", advprop, "efficientnet-b0")
+    assert pretrained.recorded_normalization(prefix) is None  # a tensorflow/tpu checkpoint does not say
+    model = efficientnet.build_model("b0", CLASSES, **efficientnet.parse_overrides("input_mean=127.5,input_std=127.5"))
+    pretrained.load_into(model, prefix, input_normalization=((127.5,) * 3, (127.5,) * 3))
+    assert_close(logits(model, images), logits(advprop, images), "tpu b0 advprop, input_mean=127.5")
+
+
+def test_exclude_leaves_the_matched_variables_as_they_were(sources, tmp_path):
+    model = with_trained_like_statistics(efficientnet.build_model("b0", CLASSES), seed=13)
+    before = {w.path: w.numpy() for w in model.weights}
+    report = pretrained.load_into(model, sources["b0_v3"], exclude=("block7", ".*_bn/moving_"))
+    kept = set(report.skipped)
+    assert "block7a_se_reduce/bias" in kept and "stem_bn/moving_mean" in kept and "stem_bn/gamma" not in kept
+    assert report.assigned == len(model.weights) - len(kept)
+    for w in model.weights:
+        assert np.array_equal(w.numpy(), before[w.path]) == (w.path in kept), w.path
+    with pytest.raises(ValueError, match="'block9' matches no variable"):
+        pretrained.load_into(model, sources["b0_v3"], exclude=("block9",))
 
 
 def keras_from(path, variant, **kwargs):
