@@ -226,6 +226,9 @@ class TrainConfig(PrecisionSettings):
                     "needs --init_checkpoint")
         require(self.init_checkpoint_weights == "ema" or self.init_checkpoint, "init_checkpoint_weights",
                 self.init_checkpoint_weights, "needs --init_checkpoint")
+        for name in ("init_checkpoint", "trainable_from", "freeze_backbone", "freeze_batch_norm"):
+            require(self.mode not in BENCHMARK_MODES or not getattr(self, name), name, getattr(self, name),
+                    f"does not apply to --mode {self.mode} (benchmarks time the full network from random weights)")
         if self.freeze_backbone:
             require(self.trainable_from in (None, "predictions"), "freeze_backbone", self.freeze_backbone,
                     f"contradicts --trainable_from={self.trainable_from}; pass one of them")
