@@ -10,8 +10,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from efficientnet.params import (CONV_INIT, DENSE_INIT, IMAGENET_MEAN, IMAGENET_STD, BlockSpec, ModelParams,
-                                 canonical_variant, decode_blocks, params_for, round_filters)
+from efficientnet.params import (CONV_INIT, DENSE_INIT, BlockSpec, ModelParams, canonical_variant, decode_blocks,
+                                 params_for, round_filters)
 
 
 @keras.saving.register_keras_serializable("efficientnet_tf2")
@@ -121,8 +121,8 @@ def build_from_params(params: ModelParams, *, image_size: int | None = None,
                       name: str = "efficientnet") -> keras.Model:
     act = _activation(params)
     inputs = keras.Input(shape=(image_size, image_size, 3), name="images")
-    std = [1.0 / s for s in IMAGENET_STD]
-    x = layers.Rescaling(scale=std, offset=[-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)],
+    x = layers.Rescaling(scale=[1.0 / s for s in params.input_std],
+                         offset=[-m / s for m, s in zip(params.input_mean, params.input_std)],
                          name="normalize")(inputs)
     x = layers.Conv2D(round_filters(params.stem_filters, params.width_coefficient, params.depth_divisor), 3,
                       strides=2, padding="same", use_bias=False, kernel_initializer=CONV_INIT,

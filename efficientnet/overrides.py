@@ -24,6 +24,10 @@ def _convert(key: str, text: str) -> Any:
             return int(text)
         if kind == "float":
             return float(text)
+        if kind.startswith("tuple[float"):
+            # Per-channel values: "127.5" for all channels or "123.7:116.3:103.5" (',' separates overrides).
+            values = tuple(float(v) for v in text.split(":"))
+            return values[0] if len(values) == 1 else values
         return text
     except ValueError:
         raise ValueError(f"model parameter {key}={text!r} is not a valid {kind}") from None

@@ -81,8 +81,16 @@ class ModelParams:
     se_ratio: float = 0.25
     stem_filters: int = STEM_FILTERS
     head_filters: int = HEAD_FILTERS
+    # The input normalisation (x - input_mean) / input_std in 0-255 pixels, per RGB channel (one value: all
+    # three). Weights trained with another one (AdvProp, timm's *.ap_in1k: 127.5; Keras models trained from
+    # scratch: 0 and 255) compute their own function only with it, since a different mean cannot be folded
+    # into the stem exactly (its zero padding would differ).
+    input_mean: tuple[float, ...] = IMAGENET_MEAN
+    input_std: tuple[float, ...] = IMAGENET_STD
 
     def __post_init__(self):
+        for name in ("input_mean", "input_std"):
+            object.__setattr__(self, name, _per_channel(name, getattr(self, name)))
         checks = {
             "width_coefficient": self.width_coefficient > 0,
             "depth_coefficient": self.depth_coefficient > 0,
@@ -94,6 +102,7 @@ class ModelParams:
             "bn_epsilon": self.bn_epsilon > 0,
             "depth_divisor": self.depth_divisor >= 1,
             "se_ratio": 0 <= self.se_ratio <= 1,
+            "input_std": min(self.input_std) > 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -101,6 +110,20 @@ class ModelParams:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"invalid model parameter activation={self.activation!r}: not one of "
                              f"{', '.join(ACTIVATIONS)}")
+
+
+def _per_channel(name: str, value) -> tuple[float, float, float]:
+    """A number or three (a tuple, a list from run_spec.json, or "a:b:c" from --mparams) -> 3 floats."""
+    if isinstance(value, str):
+        value = value.split(":")
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    try:
+        floats = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        floats = ()
+    if len(floats) not in (1, 3):
+        raise ValueError(f"invalid model parameter {name}={value!r}: one number or three (R:G:B), in pixels")
+    return floats * 3 if len(floats) == 1 else floats
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,6 +47,8 @@ class RunSpec:
         with tf.io.gfile.GFile(path) as f:
             raw = json.load(f)
         raw["class_names"] = tuple(raw["class_names"])
+        # JSON has no tuples: per-channel overrides (input_mean=(...)) come back as lists; as they were given.
+        raw["model_overrides"] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw["model_overrides"].items()}
         return cls(**raw)
 
     def check_compatible(self, other: RunSpec, model_dir: str):

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Any
 
-from efficientnet import canonical_variant, params_for, parse_overrides
+from efficientnet import canonical_variant, decode_blocks, params_for, parse_overrides
 from flags.settings import (NON_NEGATIVE, POSITIVE, Rule, Settings, each_of, group, require, required, setting,
                             within)
 from input.config import AugmentConfig, DataConfig
@@ -22,6 +23,27 @@ EVAL_WEIGHTS = ("raw", "ema", "both")
 ENGINES = ("auto", "tf_distribute", "horovod")
 # Runtimes a served network runs in (loops.serving.runtimes); all but tf need requirements-export.txt.
 SERVING_BACKENDS = ("tf", "onnxruntime", "tflite")
+INIT_WEIGHTS = ("ema", "raw")
+TRAINABLE_FROM_HEAD = ("top", "predictions")  # besides block and stage names
+
+
+def _per_channel_pair(values) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """mean,std (one value each, all channels) or 3 means then 3 stds -> ((3 means), (3 stds))."""
+    floats = [float(v) for v in values]
+    if len(floats) == 2:
+        return (floats[0],) * 3, (floats[1],) * 3
+    if len(floats) == 6:
+        return tuple(floats[:3]), tuple(floats[3:])
+    raise ValueError("expected mean,std or R,G,B means then R,G,B stds (pixels)")
+
+
+def _valid_regexes(patterns) -> bool:
+    try:
+        for pattern in patterns:
+            re.compile(pattern)
+    except re.error:
+        return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -152,6 +174,39 @@ class TrainConfig(PrecisionSettings):
               "CommunicationOptions timeout; Horovod: HOROVOD_GLOO_TIMEOUT_SECONDS). Default: no bound for "
               "TF_CONFIG, Gloo's 30 s for Horovod.", rule=POSITIVE)
     benchmark: BenchmarkSettings = group(BenchmarkSettings)
+    # warm start (loops.warm_start) and fine-tuning (loops.freezing)
+    init_checkpoint: str | None = setting(
+        None, "Start a fresh run from these weights (weights only: optimizer, step and schedule start anew; EMA "
+              "starts from them): one of our checkpoints (model_dir or ckpt-N prefix), a Keras Applications "
+              "EfficientNet .h5 or .weights.h5 (with or without top), a tensorflow/tpu checkpoint, or timm "
+              "tf_efficientnet safetensors, told apart by content (docs/pretrained.md). Ignored, with a message, "
+              "when --model_dir holds a checkpoint to resume.")
+    init_checkpoint_weights: str = setting("ema", "Which weights of an --init_checkpoint that holds both: the "
+                                                  "exponential moving average or the raw trained ones.",
+                                           choices=INIT_WEIGHTS)
+    init_checkpoint_replace_head: bool = setting(
+        False, "Start a fresh classifier when --init_checkpoint's has another class count than this run (or none: "
+               "a notop file) instead of stopping with an error.")
+    init_checkpoint_exclude: tuple[str, ...] = setting(
+        (), "Variables not loaded from --init_checkpoint (left at their initialisation): regular expressions "
+            "matched at the start of variable paths, e.g. predictions (a fresh classifier even for the same "
+            "class count), top_, block7.", parse=tuple,
+        rule=Rule(_valid_regexes, "each must be a regular expression"))
+    init_checkpoint_normalization: tuple[float, ...] = setting(
+        (), "The input normalisation mean,std (pixels; one value each or R,G,B,R,G,B) the --init_checkpoint "
+            "network was trained with, for files that do not record it (tensorflow/tpu checkpoints; default "
+            "ImageNet's), e.g. 127.5,127.5 for AdvProp (with --mparams input_mean=127.5,input_std=127.5).",
+        parse=lambda items: tuple(float(v) for v in items),
+        rule=Rule(lambda v: not v or (len(v) in (2, 6) and min(v[len(v) // 2:]) > 0),
+                  "expected mean,std or R,G,B means then R,G,B stds, stds positive"))
+    trainable_from: str | None = setting(
+        None, "Train only from this layer on: a block (block6a), a stage (block6 = its first block), top (the "
+              "head convolution and the classifier) or predictions (the classifier alone). Everything before it "
+              "is frozen: excluded from the optimizer, L2 and the EMA update, and run in inference mode "
+              "(BatchNorm with its moving statistics, no stochastic depth). Default: everything trains.")
+    freeze_backbone: bool = setting(False, "Train the classifier alone (= --trainable_from predictions).")
+    freeze_batch_norm: bool = setting(False, "Freeze every BatchNorm layer (inference mode: moving statistics used "
+                                             "and kept; scale and offset fixed), also in the layers that train.")
 
     def validate(self):
         super().validate()
@@ -162,9 +217,10 @@ class TrainConfig(PrecisionSettings):
         require("num_classes" not in self.model_overrides, "mparams", self.model_overrides,
                 "set the class count with --num_classes, not --mparams num_classes=...")
         try:
-            params_for(self.variant, **self.model_overrides)  # override values checked now, not after data loading
+            params = params_for(self.variant, **self.model_overrides)  # checked now, not after data loading
         except ValueError as e:
             require(False, "mparams", self.model_overrides, str(e))
+        self._validate_fine_tuning(params)
         require(self.warmup_epochs <= self.max_epochs, "warmup_epochs", self.warmup_epochs,
                 f"cannot exceed --max_epochs={self.max_epochs}")
         require(self.n_stages <= self.max_epochs, "n_stages", self.n_stages,
@@ -177,6 +233,33 @@ class TrainConfig(PrecisionSettings):
                 "needs EMA weights, but --moving_average_decay=0 disables them")
         require(self.mode == "inference_benchmark" or self.benchmark.backends == ("tf",), "benchmark_backends",
                 ",".join(self.benchmark.backends), "only applies to --mode inference_benchmark")
+
+    def _validate_fine_tuning(self, params):
+        for name in ("init_checkpoint_replace_head", "init_checkpoint_exclude", "init_checkpoint_normalization"):
+            require(not getattr(self, name) or self.init_checkpoint, name, getattr(self, name),
+                    "needs --init_checkpoint")
+        require(self.init_checkpoint_weights == "ema" or self.init_checkpoint, "init_checkpoint_weights",
+                self.init_checkpoint_weights, "needs --init_checkpoint")
+        for name in ("init_checkpoint", "trainable_from", "freeze_backbone", "freeze_batch_norm"):
+            require(self.mode not in BENCHMARK_MODES or not getattr(self, name), name, getattr(self, name),
+                    f"does not apply to --mode {self.mode} (benchmarks time the full network from random weights)")
+        if self.freeze_backbone:
+            require(self.trainable_from in (None, "predictions"), "freeze_backbone", self.freeze_backbone,
+                    f"contradicts --trainable_from={self.trainable_from}; pass one of them")
+            self._resolve("trainable_from", "predictions")
+        if self.trainable_from is not None:
+            blocks = [spec.name for spec in decode_blocks(params)]
+            stages = {name[:-1]: name for name in reversed(blocks)}  # block6 -> block6a, its first block
+            resolved = stages.get(self.trainable_from, self.trainable_from)
+            require(resolved in blocks or resolved in TRAINABLE_FROM_HEAD, "trainable_from", self.trainable_from,
+                    f"not a block of efficientnet-{self.variant} ({blocks[0]} .. {blocks[-1]}), a stage (block1 .. "
+                    f"{blocks[-1][:-1]}), top or predictions")
+            self._resolve("trainable_from", resolved)
+
+    @property
+    def init_normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """--init_checkpoint_normalization as (3 means, 3 stds), or None."""
+        return _per_channel_pair(self.init_checkpoint_normalization) if self.init_checkpoint_normalization else None
 
     @property
     def use_ema(self) -> bool:

@@ -15,6 +15,10 @@ class ExponentialMovingAverage(tf.Module):
         self.decay = decay
         self._strategy = strategy
         self._weights = [w.value for w in model.weights]
+        # Weights of frozen layers (loops.freezing, applied before this) never change: their shadows keep the
+        # value they start with and cost no update.
+        frozen = {id(w) for layer in model.layers if not layer.trainable for w in layer.weights}
+        self._followed = [i for i, w in enumerate(model.weights) if id(w) not in frozen]
         with strategy.scope():
             # Created under the strategy so each replica keeps its own copy next to the weight it follows.
             self.shadows = [tf.Variable(w, trainable=False, name=f"ema/{w.name.split(':')[0]}")
@@ -32,8 +36,8 @@ class ExponentialMovingAverage(tf.Module):
             def average(shadow, weight):
                 return shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(weight, shadow.dtype))
 
-            for shadow, weight in zip(self.shadows, self._weights):
-                self._strategy.extended.update(shadow, average, args=(weight,), group=False)
+            for i in self._followed:
+                self._strategy.extended.update(self.shadows[i], average, args=(self._weights[i],), group=False)
 
     def swap(self):
         """Exchange model weights and shadows; calling it twice restores both."""

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 import input as data
-from loops import checkpoints, stages as staging
+from loops import checkpoints, freezing, stages as staging, warm_start
 from loops.advice import slowdown_warnings
 from loops.config import TrainConfig
 from loops.ema import ExponentialMovingAverage
@@ -91,8 +91,12 @@ def _build_run(cfg: TrainConfig, engine: Engine, lock: ModelDirLock | None) -> R
         raise ValueError(f"the global batch of {global_batch} (--train_batch_size={cfg.train_batch_size} x "
                          f"{engine.num_replicas} replicas x --grad_accum_steps={cfg.grad_accum_steps}) is larger "
                          f"than the {info.num_train_examples} training examples of {info.description}")
+    latest = tf.train.latest_checkpoint(cfg.model_dir)
     with engine.strategy.scope():
         model = spec.build_model()
+        # Before the optimizer and the EMA exist: their slots and shadows start from these weights.
+        warm_start.initialize(model, cfg, engine, reporter, resuming_from=latest)
+        _freeze(model, cfg, reporter)
         optimizer = create_optimizer(cfg, learning_rate_schedule(cfg, engine.num_replicas, steps_per_epoch))
         optimizer.build(model.trainable_variables)
         ema = ExponentialMovingAverage(model, cfg.moving_average_decay, engine.strategy) if cfg.use_ema else None
@@ -100,7 +104,6 @@ def _build_run(cfg: TrainConfig, engine: Engine, lock: ModelDirLock | None) -> R
     checkpoint = checkpoints.make_checkpoint(model, optimizer, ema, epoch=progress.epoch,
                                              batch_in_epoch=progress.batch_in_epoch)
     saver = checkpoints.Saver(checkpoint, cfg.model_dir, engine.is_chief, cfg.keep_checkpoints)
-    latest = tf.train.latest_checkpoint(cfg.model_dir)
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         reporter.say(f"Resuming from {latest}: epoch {int(progress.epoch.numpy()) + 1}, batch "
@@ -111,6 +114,15 @@ def _build_run(cfg: TrainConfig, engine: Engine, lock: ModelDirLock | None) -> R
         spec.save(cfg.model_dir)
     state = TrainState(model=model, optimizer=optimizer, ema=ema, engine=engine, progress=progress)
     return Run(cfg, engine, info, spec, state, saver, steps_per_epoch, reporter, lock)
+
+
+def _freeze(model: keras.Model, cfg: TrainConfig, reporter: Reporter):
+    frozen = freezing.freeze(model, cfg.trainable_from, cfg.freeze_batch_norm)
+    if frozen:
+        reporter.say(f"Fine-tuning: {len(model.trainable_variables)} of {len(model.weights)} variables train "
+                     f"(from {cfg.trainable_from or 'the stem'} on"
+                     f"{', BatchNorm frozen' if cfg.freeze_batch_norm else ''}); {len(frozen)} frozen layers, "
+                     f"{frozen[0]} .. {frozen[-1]}, run in inference mode")
 
 
 def _train_dataset(run: Run, stage: staging.Stage, epoch: int, skip_batches: int = 0):

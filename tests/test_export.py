@@ -4,6 +4,7 @@ EMA weights by default."""
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -48,6 +49,25 @@ def test_exported_savedmodel_round_trips(tiny_checkpoint, tmp_path):
     np.testing.assert_allclose(by_bytes["top_k_probabilities"].numpy(),
                                np.take_along_axis(expected, top, 1), rtol=1e-5)
     assert [n.decode() for n in by_bytes["top_k_class_names"].numpy()[0]] == [str(c) for c in top[0]]
+
+
+@pytest.mark.slow
+def test_export_py_keras_format_gives_keras_applications_our_logits(tiny_checkpoint, run_script, tmp_path):
+    """export.py --format keras: keras.applications.EfficientNetB0(weights=<file>) computes the checkpoint's
+    EMA logits (the export checked it too, and says how to load the file)."""
+    r = restore(tiny_checkpoint)
+    r.use_ema_weights()
+    images = tf.random.stateless_uniform((3, 32, 32, 3), (4, 5), maxval=255.0)
+    expected = r.model(images, training=False).numpy()
+    out = tmp_path / "export"
+    proc = run_script("export.py", "--ckpt", tiny_checkpoint, "--format", "keras", "--output", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "self-check keras (keras_weights.h5, keras.applications" in proc.stdout
+    assert "keras.applications.EfficientNetB0(weights='keras_weights.h5', classes=10" in proc.stdout
+    model = keras.applications.EfficientNetB0(weights=str(out / "keras_weights.h5"), classes=10,
+                                              input_shape=(32, 32, 3), classifier_activation=None)
+    got = model(images, training=False).numpy()
+    assert np.max(np.abs(got - expected)) / np.max(np.abs(expected)) < 1e-4
 
 
 def test_export_refuses_a_non_empty_output_and_a_missing_checkpoint(tmp_path):

@@ -188,6 +188,23 @@ def test_input_normalization_is_inside_the_model():
         pytest.approx((1 - 0.485) / 0.229, rel=1e-5)
 
 
+def test_input_normalization_setting_reaches_the_model_and_survives_run_spec_json(tmp_path):
+    from loops.checkpoints import RunSpec
+
+    overrides = efficientnet.parse_overrides("input_mean=127.5,input_std=10:20:40")
+    assert overrides == {"input_mean": 127.5, "input_std": (10.0, 20.0, 40.0)}
+    spec = RunSpec(variant="b0", num_classes=3, model_overrides=overrides, class_names=("a", "b", "c"),
+                   eval_img_size=32)
+    spec.save(str(tmp_path))
+    loaded = RunSpec.load(str(tmp_path))
+    loaded.check_compatible(spec, str(tmp_path))  # a resumed run with the same --mparams is accepted
+    normalize = loaded.build_model().get_layer("normalize")
+    out = normalize(tf.constant([[[[127.5, 147.5, 47.5]]]])).numpy()[0, 0, 0]
+    np.testing.assert_allclose(out, [0.0, 1.0, -2.0], atol=1e-6)
+    with pytest.raises(ValueError, match="input_std=.*one number or three"):
+        efficientnet.params_for("b0", input_std=(1.0, 2.0))
+
+
 def test_variant_names_and_bad_arguments():
     assert efficientnet.canonical_variant("EfficientNet-B3") == "b3"
     assert efficientnet.canonical_variant("B7") == "b7"

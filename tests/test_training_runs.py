@@ -104,6 +104,9 @@ def test_two_replicas_match_one_at_the_same_global_batch(tmp_path, run_script):
     ("--arch", "efficientnet-b9", "unknown EfficientNet variant 'efficientnet-b9'"),
     ("--mparams", "dropout=0.1", "unknown model parameter 'dropout'"),
     ("--precision", "fp32", "--use_amp=True: contradicts --precision=fp32"),
+    ("--trainable_from", "block9a", "--trainable_from='block9a': not a block of efficientnet-b0"),
+    ("--init_checkpoint_exclude", "predictions",
+     "--init_checkpoint_exclude=('predictions',): needs --init_checkpoint"),
 ])
 def test_bad_flags_stop_before_any_work_naming_the_flag(tmp_path, run_script, flag, value, message):
     extra = ["--use_amp"] if flag == "--precision" else []

@@ -9,7 +9,7 @@ from input.config import RESIZE_METHODS, DataConfig
 from loops.config import SERVING_BACKENDS, CheckpointSettings, PrecisionSettings
 
 SERVED_WEIGHTS = ("ema", "raw")
-EXPORT_FORMATS = ("savedmodel", "onnx", "tflite")
+EXPORT_FORMATS = ("savedmodel", "onnx", "tflite", "keras")
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8")
 EXPORT_REQUIREMENTS = "requirements-export.txt"
 
@@ -59,8 +59,9 @@ class ExportConfig(ServingSettings):
                                        "and the other formats' files beside it.")
     overwrite: bool = setting(False, "Replace a non-empty --output directory.")
     formats: tuple[str, ...] = setting(
-        (), "Artifacts to write: savedmodel, onnx, tflite (comma list, or the flag repeated). Default: savedmodel, "
-            f"plus onnx when the optional {EXPORT_REQUIREMENTS} is installed.", flag="format", parse=tuple,
+        (), "Artifacts to write: savedmodel, onnx, tflite, keras (a keras.applications.EfficientNetB<k> weights "
+            "file, keras_weights.h5) as a comma list, or the flag repeated. Default: savedmodel, plus onnx when the "
+            f"optional {EXPORT_REQUIREMENTS} is installed.", flag="format", parse=tuple,
         repeatable=True, rule=each_of(EXPORT_FORMATS))
     tflite_precisions: tuple[str, ...] = setting(
         ("fp32",), "TFLite files to write with --format tflite: fp32, fp16 (float16 weights), int8 (post-training "

@@ -20,6 +20,7 @@ import numpy as np
 import input as data
 from loops.restore import display_class_names, restore_served
 from loops.serving import checking, dependencies, runtimes
+from loops.serving.keras_weights import KERAS_FILE, KerasApplicationsRunner, load_with, write_keras_weights
 from loops.serving.config import EXPORT_REQUIREMENTS, ExportConfig
 from loops.serving.savedmodel_export import OUTPUTS, SIGNATURES, ServingModule, save
 
@@ -87,12 +88,25 @@ def _write(cfg: ExportConfig, formats, restored, work: str, size: int, info: dat
             with open(os.path.join(work, name), "wb") as f:
                 f.write(tflite_model(model, size, precision, calibration))
             artifacts.append(Artifact(f"tflite_{precision}", name, "tflite", pixels, probs))
+    if "keras" in formats:
+        write_keras_weights(model, os.path.join(work, KERAS_FILE), cfg.ckpt)
+        artifacts.append(Artifact("keras", KERAS_FILE, "keras", f"{pixels} (load with "
+                                  f"{load_with(spec.variant, spec.num_classes, KERAS_FILE)})",
+                                  f"logits float32 [N, {spec.num_classes}]"))
     return artifacts
 
 
-def _self_check(artifact: Artifact, work: str, images: np.ndarray, reference: np.ndarray, cfg: ExportConfig):
+def _runner(artifact: Artifact, work: str, meta: dict):
+    path = os.path.join(work, artifact.path)
+    if artifact.backend == "keras":
+        return KerasApplicationsRunner(path, meta["model"].split("-")[-1], meta["num_classes"], meta["image_size"])
+    return runtimes.open_artifact(path, artifact.backend)
+
+
+def _self_check(artifact: Artifact, work: str, images: np.ndarray, reference: np.ndarray, cfg: ExportConfig,
+                meta: dict):
     """Runs the artifact in its own runtime on `images`; returns (runner, passed)."""
-    runner = runtimes.open_artifact(os.path.join(work, artifact.path), artifact.backend)
+    runner = _runner(artifact, work, meta)
     result = checking.agreement(checking.batched(runner, images), reference)
     quantized = artifact.name in ("tflite_fp16", "tflite_int8")
     if quantized:
@@ -139,7 +153,7 @@ def export(cfg: ExportConfig) -> dict:
         reference = checking.model_probabilities(restored.model, images)
         runners, failed = {}, []
         for artifact in artifacts:
-            runners[artifact.name], passed = _self_check(artifact, work, images, reference, cfg)
+            runners[artifact.name], passed = _self_check(artifact, work, images, reference, cfg, meta)
             if not passed:
                 failed.append(artifact.name)
         if failed:
