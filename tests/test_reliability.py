@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,10 +204,11 @@ def test_odd_images_and_an_empty_shard_decode_to_three_channels_in_train_and_eva
 
 @pytest.mark.parametrize("flags,field", [(["--arch", "efficientnet-b1"], "variant"),
                                          (["--mparams", "dropout_rate=0.5"], "model_overrides")])
-def test_model_dir_of_another_network_is_refused(tiny_checkpoint, run_script, flags, field):
-    before = tf.train.latest_checkpoint(tiny_checkpoint)
-    out = run_script("train.py", "--model_dir", tiny_checkpoint, "--train_img_size", 32, "--steps_per_epoch", 1,
+def test_model_dir_of_another_network_is_refused(tiny_checkpoint, run_script, tmp_path, flags, field):
+    model_dir = shutil.copytree(tiny_checkpoint, tmp_path / "run")  # the shared checkpoint stays untouched
+    before = tf.train.latest_checkpoint(str(model_dir))
+    out = run_script("train.py", "--model_dir", model_dir, "--train_img_size", 32, "--steps_per_epoch", 1,
                      *flags, timeout=300)
     assert out.returncode == 1
     assert f"holds a run with {field}=" in out.stderr and "cannot be loaded into this model" in out.stderr
-    assert tf.train.latest_checkpoint(tiny_checkpoint) == before
+    assert tf.train.latest_checkpoint(str(model_dir)) == before
