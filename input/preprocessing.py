@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from input.config import DEFAULT_CROP_AREA, DEFAULT_CROP_ASPECT
+from input.config import REFERENCE, Preprocessing
 
-CROP_PADDING = 32
 MAX_ATTEMPTS = 100
 MIN_OBJECT_COVERED = 0.1
 
@@ -41,28 +40,23 @@ def _crop(image_bytes, offset_y, offset_x, h, w):
     return img
 
 
-def _center_window(shape, image_size, crop_fraction=None):
+def center_crop_window(shape, crop_fraction: float):
+    """(offset_y, offset_x, height, width) of the centre square keeping `crop_fraction` of the shorter side of
+    an image of `shape` (height, width, ...)."""
     h, w = shape[0], shape[1]
-    if crop_fraction is None:
-        crop_fraction = image_size / (image_size + CROP_PADDING)
     side = tf.cast(crop_fraction * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
     side = tf.maximum(side, 1)
     return (h - side + 1) // 2, (w - side + 1) // 2, side, side
 
 
-def center_crop_window(shape, image_size, crop_fraction=None):
-    """(offset_y, offset_x, height, width) of the eval centre crop for an image of `shape` (height, width, ...)."""
-    return _center_window(shape, image_size, crop_fraction)
-
-
-def decode_and_center_crop(image_bytes, image_size, crop_fraction=None):
+def decode_and_center_crop(image_bytes, crop_fraction: float):
     shape = _shape(image_bytes)
-    return _crop(image_bytes, *_center_window(shape, image_size, crop_fraction))
+    return _crop(image_bytes, *center_crop_window(shape, crop_fraction))
 
 
-def decode_and_random_crop(image_bytes, image_size, seed, area_range=DEFAULT_CROP_AREA,
-                           aspect_range=DEFAULT_CROP_ASPECT, crop_fraction=None):
-    """Inception-style crop; falls back to the eval centre crop when no window was found in 100 attempts."""
+def decode_and_random_crop(image_bytes, seed, area_range, aspect_range, crop_fraction: float):
+    """Inception-style crop; falls back to the centre crop of `crop_fraction` when no window was found in 100
+    attempts."""
     shape = _shape(image_bytes)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.concat([shape, [3]], 0),
@@ -78,7 +72,7 @@ def decode_and_random_crop(image_bytes, image_size, seed, area_range=DEFAULT_CRO
     failed = tf.reduce_all(tf.equal(size[:2], shape))
     window = tf.cond(
         failed,
-        lambda: tf.stack(_center_window(shape, image_size, crop_fraction)),
+        lambda: tf.stack(center_crop_window(shape, crop_fraction)),
         lambda: tf.stack([begin[0], begin[1], size[0], size[1]]),
     )
     return _crop(image_bytes, window[0], window[1], window[2], window[3])
@@ -92,18 +86,30 @@ def resize(image, image_size, method="bilinear"):
     return out
 
 
-def preprocess_for_eval(image_bytes, image_size, resize_method="bilinear", crop_fraction=None):
-    """Encoded image (any TF-decodable format) -> float32 [S, S, 3] in [0, 255], eval centre crop.
+def preprocess_for_eval(image_bytes, image_size, preprocessing: Preprocessing = REFERENCE):
+    """Encoded image (any TF-decodable format) -> float32 [S, S, 3] in [0, 255]: the evaluation centre crop,
+    resized."""
+    crop = decode_and_center_crop(image_bytes, preprocessing.eval_fraction(image_size))
+    return resize(crop, image_size, preprocessing.interpolation)
 
-    crop_fraction: None for the reference size/(size+32); pass DatasetInfo.eval_crop_fraction."""
-    return resize(decode_and_center_crop(image_bytes, image_size, crop_fraction), image_size, resize_method)
 
-
-def preprocess_for_train(image_bytes, image_size, seed, resize_method="bilinear", area_range=DEFAULT_CROP_AREA,
-                         random_flip=True, crop_fraction=None):
-    """Random crop, optional flip and resize, without the policy augmenters (see input.augment)."""
+def preprocess_for_train(image_bytes, image_size, seed, preprocessing: Preprocessing = REFERENCE):
+    """The random crop (or, without one, the evaluation crop), the optional flip and the resize; the policy
+    augmenters come later (input.augment)."""
+    _require_decided(preprocessing)
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    img = decode_and_random_crop(image_bytes, image_size, crop_seed, area_range, crop_fraction=crop_fraction)
-    if random_flip:
+    fraction = preprocessing.eval_fraction(image_size)
+    if preprocessing.random_crop:
+        img = decode_and_random_crop(image_bytes, crop_seed, preprocessing.crop_area_range,
+                                     preprocessing.crop_aspect_range, fraction)
+    else:
+        img = decode_and_center_crop(image_bytes, fraction)
+    if preprocessing.random_flip:
         img = tf.image.stateless_random_flip_left_right(img, flip_seed)
-    return resize(img, image_size, resize_method)
+    return resize(img, image_size, preprocessing.interpolation)
+
+
+def _require_decided(preprocessing: Preprocessing):
+    if not preprocessing.decided:
+        raise ValueError(f"preprocessing settings not decided yet (random_crop={preprocessing.random_crop}, "
+                         f"crop_area_range={preprocessing.crop_area_range}); call Preprocessing.for_images first")

@@ -98,7 +98,7 @@ def latency_candidates(variant, size, saved_dir) -> tuple[dict, float]:
     image = tf.random.uniform((1, size, size, 3), maxval=255.0)
     infer = make_infer(model, 1, size)
     unoptimised = tf.function(lambda x: tf.nn.softmax(model(x, training=False), axis=-1))
-    save(ServingModule(model, [str(i) for i in range(1000)], size, "bilinear", 5), saved_dir)
+    save(ServingModule(model, [str(i) for i in range(1000)], size, 5), saved_dir)
     signatures = tf.saved_model.load(saved_dir).signatures
     max_diff = float(np.abs(infer(image).numpy() - unoptimised(image).numpy()).max())
     candidates = {
@@ -116,11 +116,11 @@ def main(argv):
     v, size = VARIANT.value, IMAGE_SIZE.value
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as model_dir:
-        keras_step, our_step = keras_fit_step(v, size, BATCH.value), our_train_step(v, size, BATCH.value, model_dir)
-        train_seconds = round_robin({"keras": (lambda _: keras_step(), None), "ours": (lambda _: our_step(), None)},
+        steps = {"keras": keras_fit_step(v, size, BATCH.value), "ours": our_train_step(v, size, BATCH.value, model_dir)}
+        train_seconds = round_robin({name: (lambda _, step=step: step(), None) for name, step in steps.items()},
                                     STEPS.value, WARMUP.value)
     base_train, our_train = (BATCH.value * STEPS.value / sum(train_seconds[k]) for k in ("keras", "ours"))
-    del keras_step, our_step
+    del steps  # the training models go before the latency ones are built
     keras.backend.clear_session()
     with tempfile.TemporaryDirectory() as saved_dir:
         candidates, max_diff = latency_candidates(v, size, saved_dir)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from flags.settings import POSITIVE, require, required, setting
-from input.config import RESIZE_METHODS
+from flags.settings import POSITIVE, group, require, required, setting
+from input.config import EvalPreprocessing
 from loops.config import CheckpointSettings, PrecisionSettings
 
 SERVED_WEIGHTS = ("ema", "raw")
@@ -19,7 +19,7 @@ class ServingSettings(CheckpointSettings):
                                   choices=SERVED_WEIGHTS)
     top_k: int = setting(5, "Classes reported per image.", rule=POSITIVE)
     img_size: int | None = setting(None, "Input resolution (default: the run's --eval_img_size).", rule=POSITIVE)
-    resize_method: str | None = setting(None, "Resize interpolation (default: the run's).", choices=RESIZE_METHODS)
+    preprocess: EvalPreprocessing = group(EvalPreprocessing)  # None: the run's crop and interpolation
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

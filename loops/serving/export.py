@@ -5,8 +5,8 @@ preprocessed already.
   serving_uint8   (images: uint8 [N, H, W, 3])    decoded pixels, one size per batch
   serving_pixels  (images: float32 [N, S, S, 3])  pixels in [0, 255], already centre-cropped and resized to S
 
-The first two apply the evaluation centre crop (size / (size + 32) of the shorter side, or the run's own
-fraction) and resize. All return
+The first two apply the run's evaluation centre crop and resize (recorded in run_spec.json: --crop_padding
+or --eval_crop_fraction, --resize_method). All return
 probabilities [N, C], top_k_class_ids [N, k], top_k_probabilities [N, k] and top_k_class_names [N, k].
 """
 
@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import input as data
 from efficientnet.serving import serving_function
+from input.config import REFERENCE, Preprocessing
 # Reusing evaluation's own crop window and resize (rather than restating the formula) keeps the uint8
 # signature identical to evaluation.
 from input.preprocessing import center_crop_window, resize
@@ -32,11 +33,11 @@ class ServingModule(tf.Module):
     """The signatures run `model`'s frozen inference form (efficientnet.serving): the SavedModel holds its
     weights as constants and no variables."""
 
-    def __init__(self, model, class_names, image_size: int, resize_method: str, top_k: int,
-                 crop_fraction: float | None = None):
+    def __init__(self, model, class_names, image_size: int, top_k: int,
+                 preprocessing: Preprocessing = REFERENCE):
         super().__init__(name="efficientnet_serving")
         self._logits = serving_function(model, tf.TensorSpec([None, image_size, image_size, 3], tf.float32))
-        self.image_size, self.resize_method, self.crop_fraction = image_size, resize_method, crop_fraction
+        self.image_size, self.preprocessing = image_size, preprocessing
         self.top_k = min(top_k, len(class_names))
         self.class_names = tuple(class_names)
         size = image_size
@@ -54,15 +55,15 @@ class ServingModule(tf.Module):
                 "top_k_class_names": tf.gather(tf.constant(self.class_names, tf.string), top_i)}
 
     def _serve_bytes(self, image_bytes):
-        images = tf.map_fn(lambda b: data.preprocess_for_eval(b, self.image_size, self.resize_method,
-                                                             self.crop_fraction),
+        images = tf.map_fn(lambda b: data.preprocess_for_eval(b, self.image_size, self.preprocessing),
                            image_bytes, fn_output_signature=self._pixel_spec)
         return self._outputs(images)
 
     def _serve_uint8(self, images):
         def one(img):
-            window = center_crop_window(tf.shape(img), self.image_size, self.crop_fraction)
-            return resize(tf.image.crop_to_bounding_box(img, *window), self.image_size, self.resize_method)
+            window = center_crop_window(tf.shape(img), self.preprocessing.eval_fraction(self.image_size))
+            return resize(tf.image.crop_to_bounding_box(img, *window), self.image_size,
+                          self.preprocessing.interpolation)
 
         return self._outputs(tf.map_fn(one, images, fn_output_signature=self._pixel_spec))
 
@@ -82,15 +83,15 @@ def export(cfg: ExportConfig) -> dict:
     restored, weights = restore_served(cfg.ckpt, cfg.weights)
     spec = restored.spec
     size = cfg.img_size or spec.eval_img_size
-    method = cfg.resize_method or spec.resize_method
-    crop = spec.eval_crop_fraction
-    module = ServingModule(restored.model, display_class_names(spec), size, method, cfg.top_k, crop)
+    preprocessing = spec.preprocessing.with_eval_overrides(cfg.preprocess)
+    module = ServingModule(restored.model, display_class_names(spec), size, cfg.top_k, preprocessing)
     if cfg.overwrite and tf.io.gfile.exists(cfg.output):
         tf.io.gfile.rmtree(cfg.output)
     save(module, cfg.output)
     info = {"checkpoint": restored.checkpoint_path, "model": f"efficientnet-{spec.variant}",
-            "num_classes": spec.num_classes, "weights": weights, "image_size": size, "resize_method": method,
-            "eval_crop_fraction": crop, "top_k": module.top_k,
+            "num_classes": spec.num_classes, "weights": weights, "image_size": size,
+            "resize_method": preprocessing.interpolation, "eval_crop_fraction": preprocessing.eval_fraction(size),
+            "top_k": module.top_k,
             "signatures": {"serving_default": "image_bytes: string [N] (encoded images)",
                            "serving_uint8": "images: uint8 [N, H, W, 3]",
                            "serving_pixels": f"images: float32 [N, {size}, {size}, 3] in [0, 255], preprocessed"},

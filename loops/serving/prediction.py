@@ -54,9 +54,9 @@ def list_images(cfg: PredictConfig) -> list[str]:
     return sorted(files)
 
 
-def _decode_error(path: str, image_size: int, resize_method: str, crop: float | None) -> str:
+def _decode_error(path: str, image_size: int, preprocessing: data.Preprocessing) -> str:
     try:
-        data.preprocess_for_eval(tf.io.read_file(path), image_size, resize_method, crop)
+        data.preprocess_for_eval(tf.io.read_file(path), image_size, preprocessing)
     except (tf.errors.OpError, ValueError) as e:
         text = (getattr(e, "message", None) or str(e)).strip()
         # Drop TensorFlow's "{{function_node ...}}" prefix and "[Op:...]" suffix: the op name is noise here.
@@ -85,13 +85,12 @@ def predict(cfg: PredictConfig) -> PredictResult:
     spec, model = restored.spec, restored.model
     names = display_class_names(spec)
     size = cfg.img_size or spec.eval_img_size
-    method = cfg.resize_method or spec.resize_method
-    crop = spec.eval_crop_fraction
+    preprocessing = spec.preprocessing.with_eval_overrides(cfg.preprocess)
     k = min(cfg.top_k, spec.num_classes)
     bs = cfg.batch_size
 
     paths = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string)).enumerate()
-    images = paths.map(lambda i, p: (i, data.preprocess_for_eval(tf.io.read_file(p), size, method, crop)),
+    images = paths.map(lambda i, p: (i, data.preprocess_for_eval(tf.io.read_file(p), size, preprocessing)),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     batches = images.ignore_errors().batch(bs).prefetch(2)
 
@@ -113,7 +112,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     rows = []
     for i, path in enumerate(files):
         if i not in probs_by_index:
-            rows.append({"file": path, "error": _decode_error(path, size, method, crop)})
+            rows.append({"file": path, "error": _decode_error(path, size, preprocessing)})
             continue
         p = probs_by_index[i]
         top = np.argsort(-p, kind="stable")[:k]
