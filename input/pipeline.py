@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 
 import tensorflow as tf
@@ -20,6 +21,10 @@ from input.config import REFERENCE, AugmentConfig, DataConfig, DatasetInfo, Prep
 
 AUTOTUNE = tf.data.AUTOTUNE
 _SHUFFLE_BYTES = 256 << 20  # memory allowed for the decoded-example shuffle buffer
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def worker_input_context(rank: int, size: int) -> tf.distribute.InputContext:
@@ -56,6 +61,10 @@ def _record_stream(info: DatasetInfo, units: tf.data.Dataset, decode, *, num_wor
             info.label_key: tf.io.FixedLenFeature([], tf.int64)}
     num_classes, offset = info.num_classes, info.label_offset
     folder = info.record_format == "files"
+    # The interleave below decodes up to cycle_length shards at once. When that covers the cores, a parallel
+    # map inside every shard on top of it only adds thread hand-offs: the pipeline without a policy ran ~20%
+    # faster without it (docs/input_pipeline.md). A single image (folder) or fewer shards than cores keep it.
+    parallel_in_shard = None if folder or cycle_length >= _cores() else AUTOTUNE
 
     def per_unit(path, count, label, unit_seed):
         if folder:
@@ -75,7 +84,10 @@ def _record_stream(info: DatasetInfo, units: tf.data.Dataset, decode, *, num_wor
             return decode(image_bytes, seed), lab, i, seed
 
         # A single image needs no parallel map; a shard's records decode in parallel but stay in index order.
-        out = recs.map(decode_one) if folder else recs.map(decode_one, num_parallel_calls=AUTOTUNE, deterministic=True)
+        if parallel_in_shard:
+            out = recs.map(decode_one, num_parallel_calls=parallel_in_shard, deterministic=True)
+        else:
+            out = recs.map(decode_one)
         # Parse or decode errors drop the record here; the scan below notices the missing index.
         out = out.ignore_errors()
         first_after = count + tf.math.floormod(w - count, step)
@@ -189,14 +201,14 @@ def train_dataset(info: DatasetInfo, cfg: DataConfig, aug: AugmentConfig, *, bat
     if aug.augmenter_name:
         augmenter = _augmenter(aug.augmenter_name, aug.raug_num_layers, aug.raug_magnitude)
 
-    def finish(img, lab, s):
-        if augmenter is not None:
-            img = augmenter(img, tf.random.experimental.stateless_fold_in(s, 7))
-        return img, tf.one_hot(lab, num_classes, dtype=tf.float32)
-
     ds = records.shuffle(shuffle_buffer_size(info, image_size), seed=seed)
-    ds = ds.map(finish, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    if augmenter is not None:
+        ds = ds.map(lambda img, lab, s: (augmenter(img, tf.random.experimental.stateless_fold_in(s, 7)), lab),
+                    num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
+    else:  # no per-image step left: one parallel map stage fewer (docs/input_pipeline.md)
+        ds = ds.map(lambda img, lab, s: (img, lab))
+    # One-hot per batch: one op per batch instead of one per image.
+    ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, lab: (x, tf.one_hot(lab, num_classes)))
     if aug.mixing and not aug.defer_img_mixing:
         mix_seeds = tf.data.Dataset.random(seed=None if seed is None else seed + 1).batch(2)
         ds = tf.data.Dataset.zip((ds, mix_seeds)).map(

@@ -13,27 +13,25 @@ MAX_ATTEMPTS = 100
 MIN_OBJECT_COVERED = 0.1
 
 
-def _shape(image_bytes):
-    """(height, width) from the JPEG header, else by decoding (formats without a cheap header op)."""
-    return tf.cond(
-        tf.io.is_jpeg(image_bytes),
-        lambda: tf.image.extract_jpeg_shape(image_bytes)[:2],
-        lambda: tf.shape(_decode_any(image_bytes))[:2],
-    )
-
-
 def _decode_any(image_bytes):
     img = tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
     img.set_shape([None, None, 3])
     return img
 
 
-def _crop(image_bytes, offset_y, offset_x, h, w):
+def _decode_window(image_bytes, window_of):
+    """The pixels inside `window_of(shape)` -> [offset_y, offset_x, height, width] of an encoded image.
+
+    A JPEG's shape comes from its header and only the window is decoded; other formats are decoded once and
+    sliced. One branch per image: a tf.cond per step (shape, then crop) costs a function call each."""
     def jpeg():
-        return tf.image.decode_and_crop_jpeg(image_bytes, tf.stack([offset_y, offset_x, h, w]), channels=3)
+        window = window_of(tf.image.extract_jpeg_shape(image_bytes)[:2])
+        return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
 
     def other():
-        return tf.image.crop_to_bounding_box(_decode_any(image_bytes), offset_y, offset_x, h, w)
+        image = _decode_any(image_bytes)
+        window = window_of(tf.shape(image)[:2])
+        return tf.slice(image, tf.concat([window[:2], [0]], 0), tf.concat([window[2:], [3]], 0))
 
     img = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
     img.set_shape([None, None, 3])
@@ -50,32 +48,29 @@ def center_crop_window(shape, crop_fraction: float):
 
 
 def decode_and_center_crop(image_bytes, crop_fraction: float):
-    shape = _shape(image_bytes)
-    return _crop(image_bytes, *center_crop_window(shape, crop_fraction))
+    return _decode_window(image_bytes, lambda shape: tf.stack(center_crop_window(shape, crop_fraction)))
 
 
 def decode_and_random_crop(image_bytes, seed, area_range, aspect_range, crop_fraction: float):
     """Inception-style crop; falls back to the centre crop of `crop_fraction` when no window was found in 100
     attempts."""
-    shape = _shape(image_bytes)
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.concat([shape, [3]], 0),
-        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
-        seed=seed,
-        min_object_covered=MIN_OBJECT_COVERED,
-        aspect_ratio_range=aspect_range,
-        area_range=area_range,
-        max_attempts=MAX_ATTEMPTS,
-        use_image_if_no_bounding_boxes=True,
-    )
-    # The op returns the whole image when every attempt failed; the reference then uses the centre crop.
-    failed = tf.reduce_all(tf.equal(size[:2], shape))
-    window = tf.cond(
-        failed,
-        lambda: tf.stack(center_crop_window(shape, crop_fraction)),
-        lambda: tf.stack([begin[0], begin[1], size[0], size[1]]),
-    )
-    return _crop(image_bytes, window[0], window[1], window[2], window[3])
+    def window_of(shape):
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.concat([shape, [3]], 0),
+            bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
+            seed=seed,
+            min_object_covered=MIN_OBJECT_COVERED,
+            aspect_ratio_range=aspect_range,
+            area_range=area_range,
+            max_attempts=MAX_ATTEMPTS,
+            use_image_if_no_bounding_boxes=True,
+        )
+        # The op returns the whole image when every attempt failed; the reference then uses the centre crop.
+        failed = tf.reduce_all(tf.equal(size[:2], shape))
+        return tf.where(failed, tf.stack(center_crop_window(shape, crop_fraction)),
+                        tf.concat([begin[:2], size[:2]], 0))
+
+    return _decode_window(image_bytes, window_of)
 
 
 def resize(image, image_size, method="bilinear"):

@@ -1,0 +1,69 @@
+"""Small images learn: a run on 28 px images, with the preprocessing decided from their size, reaches high
+accuracy, where the reference's ImageNet crops (a 5-100% random crop, an eval crop of half the side at
+32 px) leave the network near chance."""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import input as I
+from input.config import REFERENCE
+
+CLASSES = ("top", "bottom", "top_and_bottom")  # where the squares sit; left or right at random (flips keep it)
+
+
+def _image(rng, label: int) -> np.ndarray:
+    img = rng.randint(0, 40, (28, 28)).astype(np.uint8)
+    rows = {"top": [1], "bottom": [19], "top_and_bottom": [1, 19]}[CLASSES[label]]
+    for row in rows:
+        col = 1 if rng.rand() < 0.5 else 19
+        dy, dx = rng.randint(0, 2, 2)
+        img[row + dy:row + dy + 8, col + dx:col + dx + 8] = 230
+    return img
+
+
+@pytest.fixture(scope="module")
+def corner_squares(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corner_squares")
+    rng = np.random.RandomState(0)
+    for split, per_class in (("train", 200), ("validation", 60)):
+        for label, name in enumerate(CLASSES):
+            os.makedirs(root / split / name)
+            for k in range(per_class):
+                Image.fromarray(_image(rng, label), mode="L").save(root / split / name / f"{k:03d}.png")
+    return str(root)
+
+
+def _accuracy(folder, preprocessing) -> float:
+    import keras
+
+    cfg = I.DataConfig(data_dir=folder)
+    info = I.open_dataset(cfg)
+    train = I.train_dataset(info, cfg, I.AugmentConfig(), batch_size=32, image_size=32, seed=0,
+                            preprocess=preprocessing)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255.0),
+        keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(), keras.layers.Flatten(),
+        keras.layers.Dense(info.num_classes),
+    ])
+    model.compile(keras.optimizers.Adam(3e-3), keras.losses.CategoricalCrossentropy(from_logits=True))
+    model.fit(train, steps_per_epoch=120, epochs=1, verbose=0)
+    correct = total = 0.0
+    for x, y, m in I.eval_dataset(info, cfg, batch_size=64, image_size=32, preprocess=preprocessing):
+        correct += float(((np.argmax(model.predict_on_batch(x), 1) == y.numpy()) * m.numpy()).sum())
+        total += float(m.numpy().sum())
+    return correct / total
+
+
+def test_small_images_learn_with_the_decided_preprocessing_and_not_with_imagenet_crops(corner_squares):
+    info = I.open_dataset(I.DataConfig(data_dir=corner_squares))
+    decided, notice = I.Preprocessing().for_images(I.median_short_side(info))
+    assert "small" in notice and decided.random_flip  # flips stay: they do not change these classes
+    decided_accuracy = _accuracy(corner_squares, decided)
+    reference_accuracy = _accuracy(corner_squares, REFERENCE)
+    print(f"decided {decided_accuracy:.3f}, reference crops {reference_accuracy:.3f} (chance 0.333)")
+    assert decided_accuracy > 0.9
+    assert reference_accuracy < 0.6
