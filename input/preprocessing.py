@@ -74,9 +74,13 @@ def decode_and_random_crop(image_bytes, seed, area_range, aspect_range, crop_fra
 
 
 def resize(image, image_size, method="bilinear"):
-    """Resizes to float32 [S, S, 3] in [0, 255] (bicubic overshoots, hence the clip)."""
+    """Resizes to float32 [S, S, 3] in [0, 255]."""
     out = tf.image.resize(image, [image_size, image_size], method=method, antialias=False)
-    out = tf.clip_by_value(out, 0.0, 255.0)
+    # Bicubic overshoots. Bilinear weighs two neighbours by w and 1 - w with w in [0, 1], which rounding cannot
+    # push past either (integer) pixel, so it skips the clip: a pass over every output pixel, about 5% of the
+    # CPU time per training image at 224 px (docs/input_pipeline.md).
+    if method != "bilinear":
+        out = tf.clip_by_value(out, 0.0, 255.0)
     out.set_shape([image_size, image_size, 3])
     return out
 

@@ -15,11 +15,13 @@ CLASSES = ("top", "bottom", "top_and_bottom")  # where the squares sit; left or 
 
 def _image(rng, label: int) -> np.ndarray:
     img = rng.randint(0, 40, (28, 28)).astype(np.uint8)
-    rows = {"top": [1], "bottom": [19], "top_and_bottom": [1, 19]}[CLASSES[label]]
+    # 6 px squares in the corner bands (rows 0-6, 21-27): the reference's eval crop at 32 px keeps the central
+    # 14 x 14 px (rows and columns 7-20) and so none of them.
+    rows = {"top": [0], "bottom": [21], "top_and_bottom": [0, 21]}[CLASSES[label]]
     for row in rows:
-        col = 1 if rng.rand() < 0.5 else 19
+        col = 0 if rng.rand() < 0.5 else 21
         dy, dx = rng.randint(0, 2, 2)
-        img[row + dy:row + dy + 8, col + dx:col + dx + 8] = 230
+        img[row + dy:row + dy + 6, col + dx:col + dx + 6] = 230
     return img
 
 
@@ -27,7 +29,7 @@ def _image(rng, label: int) -> np.ndarray:
 def corner_squares(tmp_path_factory):
     root = tmp_path_factory.mktemp("corner_squares")
     rng = np.random.RandomState(0)
-    for split, per_class in (("train", 200), ("validation", 60)):
+    for split, per_class in (("train", 100), ("validation", 40)):
         for label, name in enumerate(CLASSES):
             os.makedirs(root / split / name)
             for k in range(per_class):
@@ -50,7 +52,7 @@ def _accuracy(folder, preprocessing) -> float:
         keras.layers.Dense(info.num_classes),
     ])
     model.compile(keras.optimizers.Adam(3e-3), keras.losses.CategoricalCrossentropy(from_logits=True))
-    model.fit(train, steps_per_epoch=120, epochs=1, verbose=0)
+    model.fit(train, steps_per_epoch=60, epochs=1, verbose=0)
     correct = total = 0.0
     for x, y, m in I.eval_dataset(info, cfg, batch_size=64, image_size=32, preprocess=preprocessing):
         correct += float(((np.argmax(model.predict_on_batch(x), 1) == y.numpy()) * m.numpy()).sum())
