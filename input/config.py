@@ -59,13 +59,15 @@ class EvalPreprocessing(Settings):
     `resize_method`. In evaluate.py, predict.py and export.py None means: as the run recorded (run_spec.json)."""
 
     eval_crop_fraction: float | None = setting(
-        None, "Evaluation centre crop as a fraction of the shorter side (instead of --crop_padding).",
+        None, "Evaluation centre crop as a fraction of the shorter side (instead of --crop_padding; default in "
+              "evaluate.py, predict.py and export.py: the run's).",
         rule=within(0, 1, low_open=True))
     crop_padding: int | None = setting(
         None, f"The evaluation centre crop keeps size / (size + crop_padding) of the shorter side (the reference: "
-              f"{DEFAULT_CROP_PADDING}; 0 keeps all of it). Default: decided from the image sizes (see "
-              "docs/input_pipeline.md).", rule=NON_NEGATIVE)
-    resize_method: str | None = setting(None, "Image resize interpolation (default: bilinear).",
+              f"{DEFAULT_CROP_PADDING}; 0 keeps all of it). Default: train.py decides it from the image sizes "
+              "(docs/small_images.md); evaluate.py, predict.py and export.py use the run's.", rule=NON_NEGATIVE)
+    resize_method: str | None = setting(None, "Image resize interpolation (default: bilinear in train.py; the "
+                                              "run's in evaluate.py, predict.py and export.py).",
                                         choices=RESIZE_METHODS)
 
     def validate(self):

@@ -9,6 +9,7 @@ from PIL import Image
 
 import input as I
 from input.config import REFERENCE
+from tests.small_cnn import validation_accuracy
 
 CLASSES = ("top", "bottom", "top_and_bottom")  # where the squares sit; left or right at random (flips keep it)
 
@@ -38,26 +39,8 @@ def corner_squares(tmp_path_factory):
 
 
 def _accuracy(folder, preprocessing) -> float:
-    import keras
-
     cfg = I.DataConfig(data_dir=folder)
-    info = I.open_dataset(cfg)
-    train = I.train_dataset(info, cfg, I.AugmentConfig(), batch_size=32, image_size=32, seed=0,
-                            preprocess=preprocessing)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255.0),
-        keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(), keras.layers.Flatten(),
-        keras.layers.Dense(info.num_classes),
-    ])
-    model.compile(keras.optimizers.Adam(3e-3), keras.losses.CategoricalCrossentropy(from_logits=True))
-    model.fit(train, steps_per_epoch=60, epochs=1, verbose=0)
-    correct = total = 0.0
-    for x, y, m in I.eval_dataset(info, cfg, batch_size=64, image_size=32, preprocess=preprocessing):
-        correct += float(((np.argmax(model.predict_on_batch(x), 1) == y.numpy()) * m.numpy()).sum())
-        total += float(m.numpy().sum())
-    return correct / total
+    return validation_accuracy(I.open_dataset(cfg), cfg, preprocess=preprocessing, batch_size=32, steps=60)
 
 
 def test_small_images_learn_with_the_decided_preprocessing_and_not_with_imagenet_crops(corner_squares):
