@@ -12,6 +12,7 @@ Plain Python: no TensorFlow and no absl here, so configs import in milliseconds.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, Callable
 
 _SETTING = "setting"
@@ -85,6 +86,11 @@ def flag_name(field: dataclasses.Field) -> str:
 def fail(flag: str, value: Any, rule: str):
     """The one error style of every setting: `--flag=value: rule` (entry points print it as a usage error)."""
     raise ValueError(f"--{flag}={value!r}: {rule}")
+
+
+def notice(flag: str, value: Any, text: str):
+    """A setting taken other than given, said on stderr in the error style: `note: --flag=value: text`."""
+    print(f"note: --{flag}={value!r}: {text}", file=sys.stderr, flush=True)
 
 
 def required(value: Any, flag: str, what: str = ""):

@@ -6,16 +6,18 @@ so command-line parsing does not pay for TensorFlow.
 """
 import importlib
 
-from input.config import AugmentConfig, DataConfig, DatasetInfo, Shard
+from input.config import AugmentConfig, DataConfig, DatasetInfo, EvalPreprocessing, Preprocessing, Shard
 
 _TENSORFLOW_PARTS = {
     "mix_batch": "input.mixing", "eval_dataset": "input.pipeline", "eval_records": "input.pipeline",
     "eval_steps": "input.pipeline", "train_dataset": "input.pipeline", "train_records": "input.pipeline",
     "worker_input_context": "input.pipeline", "preprocess_for_eval": "input.preprocessing",
     "preprocess_for_train": "input.preprocessing", "open_dataset": "input.datasets",
+    "median_short_side": "input.image_sizes",
 }
 
-__all__ = ["AugmentConfig", "DataConfig", "DatasetInfo", "Shard", *_TENSORFLOW_PARTS]
+__all__ = ["AugmentConfig", "DataConfig", "DatasetInfo", "EvalPreprocessing", "Preprocessing", "Shard",
+           *_TENSORFLOW_PARTS]
 
 
 def __getattr__(name):

@@ -13,6 +13,7 @@ ours without a policy with decode_then_crop, and ours with AutoAugment with the 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -92,6 +93,15 @@ def measure(dataset, *, batch_size: int, batches: int, warmup: int) -> tuple[flo
     return batches * batch_size / (time.perf_counter() - ready), ready - start
 
 
+def _ratio(ours: list[float], theirs: list[float], digits: int) -> str:
+    """"1.05x", or with several rounds the median of the per-round ratios and each of them."""
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    text = f"{statistics.median(ratios):.{digits}f}x"
+    if len(ratios) > 1:
+        text += f" (median of {len(ratios)} rounds: {', '.join(f'{r:.{digits}f}x' for r in ratios)})"
+    return text
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -102,6 +112,9 @@ def main(argv=None) -> int:
     p.add_argument("--baseline_batches", type=int, default=12,
                    help="timed batches of each Keras RandAugment baseline (a few images/s: fewer batches)")
     p.add_argument("--warmup", type=int, default=5, help="untimed batches first")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="times every pipeline is built and timed, in turn; ratios are then the median of the rounds' "
+                        "ratios (on a shared machine, load shifts between two back-to-back pipelines)")
     p.add_argument("--num_images", type=int, default=1024, help="synthetic images to generate")
     p.add_argument("--data_dir", default=None, help="benchmark on this dataset instead of synthetic images")
     p.add_argument("--augmenters", default="none,autoaugment,randaugment")
@@ -132,10 +145,10 @@ def main(argv=None) -> int:
               f"{args.batches} timed batches ({args.baseline_batches} for Keras baselines) after {args.warmup} "
               f"warm-up batches")
         print(f"{'pipeline':<28}{'images/s':>10}{'images/s/core':>15}{'warm-up s':>11}{'load 1 min':>12}")
-        rates = {}
+        rates: dict[str, list[float]] = {}
         runs = [(name, args.batches) for name in args.augmenters.split(",") if name]
         runs += [(name, args.baseline_batches if name in KERAS_BASELINES else args.batches) for name in baselines]
-        for name, batches in runs:
+        for name, batches in runs * args.rounds:
             load = os.getloadavg()[0]
             if name in BASELINES:
                 ds = baseline_dataset(info, image_size=args.image_size, batch_size=args.batch_size,
@@ -144,14 +157,14 @@ def main(argv=None) -> int:
                 aug = AugmentConfig(augmenter_name=None if name == "none" else name)
                 ds = train_dataset(info, cfg, aug, batch_size=args.batch_size, image_size=args.image_size, seed=0)
             rate, warm = measure(ds, batch_size=args.batch_size, batches=batches, warmup=args.warmup)
-            rates[name] = rate
+            rates.setdefault(name, []).append(rate)
             print(f"{name:<28}{rate:>10.1f}{rate / cores:>15.1f}{warm:>11.1f}{load:>12.2f}", flush=True)
         if "none" in rates and "decode_then_crop" in rates:
-            print(f"ours (none) / decode_then_crop: {rates['none'] / rates['decode_then_crop']:.2f}x")
+            print(f"ours (none) / decode_then_crop: {_ratio(rates['none'], rates['decode_then_crop'], 2)}")
         measured = [b for b in KERAS_BASELINES if b in rates]
         if "autoaugment" in rates and measured:
-            best = max(measured, key=rates.get)
-            print(f"ours (autoaugment) / {best}: {rates['autoaugment'] / rates[best]:.1f}x "
+            best = max(measured, key=lambda b: statistics.median(rates[b]))
+            print(f"ours (autoaugment) / {best}: {_ratio(rates['autoaugment'], rates[best], 1)} "
                   f"(goal >= 2x); load now {os.getloadavg()[0]:.2f}")
     return 0
 

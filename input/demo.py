@@ -80,12 +80,4 @@ def open_demo(cfg: DataConfig):
     print(f"Using the embedded demo dataset (scikit-learn handwritten digits: {info.num_train_examples} train / "
           f"{info.num_eval_examples} validation images, {info.num_classes} classes, {DEMO_SIZE} px, cached as "
           f"TFRecords in {d}); pass --data_dir to train on your own data.", flush=True)
-    return dataclasses.replace(
-        info,
-        source="demo",
-        description="embedded demo dataset (digits) as " + info.description,
-        is_demo=True,
-        crop_area=(0.5, 1.0),
-        random_flip=False,
-        eval_crop_fraction=0.875,
-    )
+    return dataclasses.replace(info, source="demo", description="embedded demo dataset (digits) as " + info.description)

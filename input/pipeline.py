@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 
 import tensorflow as tf
 
 from input import augment as augment_lib
 from input import mixing, preprocessing
-from input.config import AugmentConfig, DataConfig, DatasetInfo, Shard
+from input.config import REFERENCE, AugmentConfig, DataConfig, DatasetInfo, Preprocessing, Shard
 
 AUTOTUNE = tf.data.AUTOTUNE
 _SHUFFLE_BYTES = 256 << 20  # memory allowed for the decoded-example shuffle buffer
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def worker_input_context(rank: int, size: int) -> tf.distribute.InputContext:
@@ -56,6 +61,10 @@ def _record_stream(info: DatasetInfo, units: tf.data.Dataset, decode, *, num_wor
             info.label_key: tf.io.FixedLenFeature([], tf.int64)}
     num_classes, offset = info.num_classes, info.label_offset
     folder = info.record_format == "files"
+    # The interleave below decodes up to cycle_length shards at once. When that covers the cores, a parallel
+    # map inside every shard on top of it only adds thread hand-offs: the pipeline without a policy ran ~20%
+    # faster without it (docs/input_pipeline.md). A single image (folder) or fewer shards than cores keep it.
+    parallel_in_shard = None if folder or cycle_length >= _cores() else AUTOTUNE
 
     def per_unit(path, count, label, unit_seed):
         if folder:
@@ -75,7 +84,10 @@ def _record_stream(info: DatasetInfo, units: tf.data.Dataset, decode, *, num_wor
             return decode(image_bytes, seed), lab, i, seed
 
         # A single image needs no parallel map; a shard's records decode in parallel but stay in index order.
-        out = recs.map(decode_one) if folder else recs.map(decode_one, num_parallel_calls=AUTOTUNE, deterministic=True)
+        if parallel_in_shard:
+            out = recs.map(decode_one, num_parallel_calls=parallel_in_shard, deterministic=True)
+        else:
+            out = recs.map(decode_one)
         # Parse or decode errors drop the record here; the scan below notices the missing index.
         out = out.ignore_errors()
         first_after = count + tf.math.floormod(w - count, step)
@@ -146,14 +158,13 @@ def train_units(info: DatasetInfo, input_context=None, seed: int | None = None):
 
 
 def train_records(info: DatasetInfo, cfg: DataConfig, *, image_size: int, input_context=None,
-                  seed: int | None = None) -> tf.data.Dataset:
+                  seed: int | None = None, preprocess: Preprocessing = REFERENCE) -> tf.data.Dataset:
     """Infinite stream of (image float32 [S,S,3] cropped/flipped/resized, label int32, seed[2])."""
     n, w = _workers(input_context)
     units, by_record = train_units(info, input_context, seed)
 
     def decode(image_bytes, s):
-        return preprocessing.preprocess_for_train(image_bytes, image_size, s, cfg.interpolation, info.crop_area,
-                                                  info.random_flip, info.eval_crop_fraction)
+        return preprocessing.preprocess_for_train(image_bytes, image_size, s, preprocess)
 
     cycle = min(16 if info.record_format == "tfrecord" else 64, len(info.train_shards))
     return _record_stream(info, units, decode, num_workers=n, worker=w, by_record=by_record,
@@ -178,24 +189,26 @@ def _augmenter(name: str, num_layers: int, magnitude: float):
 
 
 def train_dataset(info: DatasetInfo, cfg: DataConfig, aug: AugmentConfig, *, batch_size: int, image_size: int,
-                  input_context=None, seed: int | None = None) -> tf.data.Dataset:
+                  input_context=None, seed: int | None = None, preprocess: Preprocessing = REFERENCE
+                  ) -> tf.data.Dataset:
     """Infinite batches of (images float32 [B,S,S,3] in [0,255], labels float32 one-hot [B,C]); B per replica."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    records = train_records(info, cfg, image_size=image_size, input_context=input_context, seed=seed)
+    records = train_records(info, cfg, image_size=image_size, input_context=input_context, seed=seed,
+                            preprocess=preprocess)
     num_classes = info.num_classes
     augmenter = None
     if aug.augmenter_name:
         augmenter = _augmenter(aug.augmenter_name, aug.raug_num_layers, aug.raug_magnitude)
 
-    def finish(img, lab, s):
-        if augmenter is not None:
-            img = augmenter(img, tf.random.experimental.stateless_fold_in(s, 7))
-        return img, tf.one_hot(lab, num_classes, dtype=tf.float32)
-
     ds = records.shuffle(shuffle_buffer_size(info, image_size), seed=seed)
-    ds = ds.map(finish, num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
-    ds = ds.batch(batch_size, drop_remainder=True)
+    if augmenter is not None:
+        ds = ds.map(lambda img, lab, s: (augmenter(img, tf.random.experimental.stateless_fold_in(s, 7)), lab),
+                    num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
+    else:  # no per-image step left: one parallel map stage fewer (docs/input_pipeline.md)
+        ds = ds.map(lambda img, lab, s: (img, lab))
+    # One-hot per batch: one op per batch instead of one per image.
+    ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, lab: (x, tf.one_hot(lab, num_classes)))
     if aug.mixing and not aug.defer_img_mixing:
         mix_seeds = tf.data.Dataset.random(seed=None if seed is None else seed + 1).batch(2)
         ds = tf.data.Dataset.zip((ds, mix_seeds)).map(
@@ -232,7 +245,8 @@ def eval_steps(info: DatasetInfo, global_batch_size: int, num_workers: int = 1) 
     return math.ceil(max(counts) / per_worker_step)
 
 
-def eval_records(info: DatasetInfo, cfg: DataConfig, *, image_size: int, input_context=None) -> tf.data.Dataset:
+def eval_records(info: DatasetInfo, cfg: DataConfig, *, image_size: int, input_context=None,
+                 preprocess: Preprocessing = REFERENCE) -> tf.data.Dataset:
     """Finite, deterministic stream of (image float32 [S,S,3], label int32) for this worker."""
     if not info.eval_shards:
         raise ValueError(f"no evaluation data in {info.description}: there are no validation-* shards or "
@@ -246,7 +260,7 @@ def eval_records(info: DatasetInfo, cfg: DataConfig, *, image_size: int, input_c
         lambda p, c, lab: (p, c, lab, tf.zeros([2], tf.int64)))
 
     def decode(image_bytes, _seed):
-        return preprocessing.preprocess_for_eval(image_bytes, image_size, cfg.interpolation, info.eval_crop_fraction)
+        return preprocessing.preprocess_for_eval(image_bytes, image_size, preprocess)
 
     cycle = min(8 if info.record_format == "tfrecord" else 64, len(mine))
     stream = _record_stream(info, units, decode, num_workers=n, worker=w, by_record=by_record,
@@ -256,7 +270,7 @@ def eval_records(info: DatasetInfo, cfg: DataConfig, *, image_size: int, input_c
 
 
 def eval_dataset(info: DatasetInfo, cfg: DataConfig, *, batch_size: int, image_size: int,
-                 input_context=None) -> tf.data.Dataset:
+                 input_context=None, preprocess: Preprocessing = REFERENCE) -> tf.data.Dataset:
     """Finite batches of (images float32 [B,S,S,3], labels int32 [B], mask float32 [B]); B per replica.
 
     Every worker yields eval_steps(info, global_batch, num_pipelines) * replicas_per_pipeline batches;
@@ -267,7 +281,7 @@ def eval_dataset(info: DatasetInfo, cfg: DataConfig, *, batch_size: int, image_s
     per_pipeline = max(1, replicas // n)
     steps = eval_steps(info, batch_size * per_pipeline * n, n)
     total = steps * per_pipeline * batch_size
-    real = eval_records(info, cfg, image_size=image_size, input_context=input_context).map(
+    real = eval_records(info, cfg, image_size=image_size, input_context=input_context, preprocess=preprocess).map(
         lambda img, lab: (img, lab, tf.constant(1.0)))
     pad = tf.data.Dataset.from_tensors(
         (tf.zeros([image_size, image_size, 3], tf.float32), tf.constant(0, tf.int32), tf.constant(0.0))).repeat()

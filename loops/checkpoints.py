@@ -12,8 +12,13 @@ import keras
 import tensorflow as tf
 
 import efficientnet
+from input.config import REFERENCE, Preprocessing
 
 RUN_SPEC = "run_spec.json"
+# run_spec.json files written before the preprocessing settings existed hold only resize_method and
+# eval_crop_fraction. The only run that set the fraction was the embedded demo, whose training crop was fixed
+# in code then: these are the values it trained with.
+_DEMO_BEFORE_SETTINGS = {"random_crop": True, "crop_area_range": (0.5, 1.0), "random_flip": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +30,9 @@ class RunSpec:
     model_overrides: dict
     class_names: tuple[str, ...]
     eval_img_size: int
-    resize_method: str = "bilinear"
-    eval_crop_fraction: float | None = None  # None: the reference's size / (size + 32)
+    # How training turned images into pixels, every setting decided; evaluation, prediction and the export
+    # crop and resize as its eval side says.
+    preprocessing: Preprocessing = REFERENCE
 
     def build_model(self) -> keras.Model:
         return efficientnet.build_model(self.variant, self.num_classes, **self.model_overrides)
@@ -49,6 +55,11 @@ class RunSpec:
         raw["class_names"] = tuple(raw["class_names"])
         # JSON has no tuples: per-channel overrides (input_mean=(...)) come back as lists; as they were given.
         raw["model_overrides"] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw["model_overrides"].items()}
+        if "preprocessing" in raw:
+            raw["preprocessing"] = Preprocessing.from_json(raw["preprocessing"])
+        else:
+            raw["preprocessing"] = _preprocessing_before_settings(raw.pop("resize_method", "bilinear"),
+                                                                  raw.pop("eval_crop_fraction", None))
         return cls(**raw)
 
     def check_compatible(self, other: RunSpec, model_dir: str):
@@ -60,6 +71,14 @@ class RunSpec:
                     f"--model_dir {model_dir} holds a run with {field}={theirs!r}, but this run has "
                     f"{field}={mine!r}; its checkpoints cannot be loaded into this model. Use another "
                     "--model_dir, or the same model settings to resume.")
+
+
+def _preprocessing_before_settings(resize_method: str, eval_crop_fraction: float | None) -> Preprocessing:
+    """What a run_spec.json without preprocessing settings meant: the reference's crops, or the demo's."""
+    if eval_crop_fraction is None:
+        return dataclasses.replace(REFERENCE, resize_method=resize_method)
+    return dataclasses.replace(REFERENCE, **_DEMO_BEFORE_SETTINGS, resize_method=resize_method, crop_padding=None,
+                               eval_crop_fraction=eval_crop_fraction)
 
 
 def make_checkpoint(model, optimizer=None, ema=None, **counters: tf.Variable) -> tf.train.Checkpoint:

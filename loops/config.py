@@ -10,9 +10,9 @@ import re
 from typing import Any
 
 from efficientnet import canonical_variant, decode_blocks, params_for, parse_overrides
-from flags.settings import (NON_NEGATIVE, POSITIVE, Rule, Settings, each_of, group, require, required, setting,
-                            within)
-from input.config import AugmentConfig, DataConfig
+from flags.settings import (NON_NEGATIVE, POSITIVE, Rule, Settings, each_of, group, notice, require, required,
+                            setting, within)
+from input.config import AugmentConfig, DataConfig, EvalPreprocessing, Preprocessing
 
 MODES = ("train_and_eval", "train", "eval", "training_benchmark", "inference_benchmark")
 BENCHMARK_MODES = ("training_benchmark", "inference_benchmark")
@@ -109,6 +109,7 @@ class TrainConfig(PrecisionSettings):
     model_dir: str = setting("/tmp/efficientnet", "Checkpoints, logs and summaries; a run resumes from the "
                                                   "latest checkpoint here.")
     data: DataConfig = group(DataConfig)
+    preprocess: Preprocessing = group(Preprocessing)
     augment: AugmentConfig = group(AugmentConfig)
     mode: str = setting("train_and_eval", "What to run.", choices=MODES)
     # model
@@ -135,7 +136,8 @@ class TrainConfig(PrecisionSettings):
     max_epochs: int = setting(500, "Training epochs.", rule=POSITIVE)
     steps_per_epoch: int | None = setting(None, "Steps per epoch (default: train examples // global batch).",
                                           rule=POSITIVE)
-    warmup_epochs: float = setting(5.0, "Epochs of linear learning-rate warmup from 0.", rule=NON_NEGATIVE)
+    warmup_epochs: float = setting(5.0, "Epochs of linear learning-rate warmup from 0 (at most --max_epochs: a "
+                                        "longer warmup is cut to the run's length).", rule=NON_NEGATIVE)
     lr_init: float = setting(0.005, "Learning rate for a global batch of 128; scaled linearly.", rule=POSITIVE)
     lr_decay: str = setting("cosine", "Decay after warmup.", choices=LR_DECAYS)
     lr_decay_rate: float = setting(0.97, "Exponential decay factor.", rule=within(0, 1, low_open=True))
@@ -221,8 +223,12 @@ class TrainConfig(PrecisionSettings):
         except ValueError as e:
             require(False, "mparams", self.model_overrides, str(e))
         self._validate_fine_tuning(params)
-        require(self.warmup_epochs <= self.max_epochs, "warmup_epochs", self.warmup_epochs,
-                f"cannot exceed --max_epochs={self.max_epochs}")
+        if self.warmup_epochs > self.max_epochs:
+            # A short run (--max_epochs 3) with the reference's 5 warmup epochs is what a user tries first;
+            # it should run, warming up over the whole run, and say so.
+            notice("warmup_epochs", self.warmup_epochs, f"is longer than --max_epochs={self.max_epochs}; warming "
+                   f"up over all {self.max_epochs} epochs instead (the learning rate peaks at the end)")
+            self._resolve("warmup_epochs", float(self.max_epochs))
         require(self.n_stages <= self.max_epochs, "n_stages", self.n_stages,
                 f"cannot exceed --max_epochs={self.max_epochs} (every stage needs an epoch)")
         require(self.n_stages == 1 or self.base_img_size <= self.train_img_size, "base_img_size",
@@ -284,6 +290,7 @@ class EvalConfig(PrecisionSettings, CheckpointSettings):
     """evaluate.py: a checkpoint's raw and/or EMA weights over an evaluation set."""
 
     data: DataConfig = group(DataConfig)
+    preprocess: EvalPreprocessing = group(EvalPreprocessing)
     weights: str = setting("both", "Which weights to evaluate: the raw trained ones, their exponential moving "
                                    "average, or both (reporting each and the better).", choices=EVAL_WEIGHTS)
     eval_batch_size: int = setting(32, "Evaluation batch size per replica.", rule=POSITIVE)

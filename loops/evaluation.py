@@ -62,7 +62,7 @@ def evaluate(eval_step, dist_dataset, *, global_batch: int, warmup_batches: int 
 
 
 def evaluate_weights(engine: Engine, info: data.DatasetInfo, data_cfg: data.DataConfig, eval_step, *,
-                     batch_size: int, image_size: int, ema=None) -> dict:
+                     batch_size: int, image_size: int, preprocess: data.Preprocessing, ema=None) -> dict:
     """The model's weights (or, given `ema`, its EMA shadows swapped in and back) over the whole eval set;
     metric names carry the suffix "_ema" for EMA. `batch_size` is per replica."""
     global_batch = batch_size * engine.num_replicas
@@ -70,7 +70,7 @@ def evaluate_weights(engine: Engine, info: data.DatasetInfo, data_cfg: data.Data
     def dataset_fn(ctx):
         ctx = engine.input_context(ctx)
         return data.eval_dataset(info, data_cfg, batch_size=ctx.get_per_replica_batch_size(global_batch),
-                                 image_size=image_size, input_context=ctx)
+                                 image_size=image_size, input_context=ctx, preprocess=preprocess)
 
     dataset = engine.strategy.distribute_datasets_from_function(dataset_fn)
     if ema is not None:
@@ -84,12 +84,14 @@ def evaluate_weights(engine: Engine, info: data.DatasetInfo, data_cfg: data.Data
 
 
 def evaluate_all(engine: Engine, info: data.DatasetInfo, data_cfg: data.DataConfig, eval_step, *,
-                 weights: tuple[str, ...], batch_size: int, image_size: int, ema=None) -> dict:
+                 weights: tuple[str, ...], batch_size: int, image_size: int, preprocess: data.Preprocessing,
+                 ema=None) -> dict:
     """Each of `weights` ("raw", "ema") under its own metric names, and, for both, which one was better."""
     metrics = {}
     for which in weights:
         metrics.update(evaluate_weights(engine, info, data_cfg, eval_step, batch_size=batch_size,
-                                        image_size=image_size, ema=ema if which == "ema" else None))
+                                        image_size=image_size, preprocess=preprocess,
+                                        ema=ema if which == "ema" else None))
     if len(weights) == 2:
         best = "_ema" if metrics["eval_accuracy_top_1_ema"] > metrics["eval_accuracy_top_1"] else ""
         metrics["best_weights"] = "ema" if best else "raw"

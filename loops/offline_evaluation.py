@@ -3,7 +3,6 @@ own distributed evaluation (loops.evaluation.evaluate_all), so both report the s
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -42,16 +41,18 @@ def evaluate_checkpoint(cfg: EvalConfig, engine: Engine) -> dict:
                   flush=True)
             weights = "raw"
     image_size = cfg.eval_img_size or spec.eval_img_size
-    data_cfg = dataclasses.replace(cfg.data, resize_method=cfg.data.resize_method or spec.resize_method)
-    info = data.open_dataset(data_cfg)
+    preprocessing = spec.preprocessing.with_eval_overrides(cfg.preprocess)
+    info = data.open_dataset(cfg.data)
     if info.num_classes > spec.num_classes:
         raise ValueError(f"{info.description} has {info.num_classes} classes but the checkpoint's model has "
                          f"{spec.num_classes} outputs; is --data_dir the dataset it was trained on?")
-    metrics = evaluate_all(engine, info, data_cfg, make_eval_step(restored.model, engine),
+    metrics = evaluate_all(engine, info, cfg.data, make_eval_step(restored.model, engine),
                            weights=weights_to_evaluate(weights), batch_size=cfg.eval_batch_size,
-                           image_size=image_size, ema=restored.ema)
+                           image_size=image_size, ema=restored.ema, preprocess=preprocessing)
     results = {"checkpoint": restored.checkpoint_path, "model": f"efficientnet-{spec.variant}",
                "data": info.description, "weights": weights, "eval_img_size": image_size,
+               "eval_crop_fraction": preprocessing.eval_fraction(image_size),
+               "resize_method": preprocessing.interpolation,
                "eval_batch_size": cfg.eval_batch_size, "replicas": engine.num_replicas, "precision": cfg.precision,
                **metrics}
     if engine.is_chief:

@@ -80,8 +80,8 @@ def _build_run(cfg: TrainConfig, engine: Engine, lock: ModelDirLock | None) -> R
         raise ValueError(f"--num_classes={num_classes}, but {info.description} has {info.num_classes} classes")
     spec = checkpoints.RunSpec(variant=cfg.variant, num_classes=num_classes,
                                model_overrides=dict(cfg.model_overrides), class_names=tuple(info.class_names),
-                               eval_img_size=cfg.eval_img_size, resize_method=cfg.data.interpolation,
-                               eval_crop_fraction=info.eval_crop_fraction)
+                               eval_img_size=cfg.eval_img_size,
+                               preprocessing=_decide_preprocessing(cfg, info, reporter))
     previous = checkpoints.RunSpec.load(cfg.model_dir)
     if previous is not None:
         spec.check_compatible(previous, cfg.model_dir)
@@ -125,6 +125,15 @@ def _freeze(model: keras.Model, cfg: TrainConfig, reporter: Reporter):
                      f"{frozen[0]} .. {frozen[-1]}, run in inference mode")
 
 
+def _decide_preprocessing(cfg: TrainConfig, info: data.DatasetInfo, reporter: Reporter) -> data.Preprocessing:
+    """--random_crop, --crop_area_range and the eval crop, where not given, from the training images' sizes."""
+    if cfg.preprocess.decided:
+        return dataclasses.replace(cfg.preprocess, resize_method=cfg.preprocess.interpolation)
+    preprocessing, notice = cfg.preprocess.for_images(data.median_short_side(info))
+    reporter.say(notice)
+    return preprocessing
+
+
 def _train_dataset(run: Run, stage: staging.Stage, epoch: int, skip_batches: int = 0):
     cfg = run.cfg
     aug = dataclasses.replace(cfg.augment, raug_magnitude=stage.raug_magnitude, mixup_alpha=stage.mixup_alpha,
@@ -137,7 +146,7 @@ def _train_dataset(run: Run, stage: staging.Stage, epoch: int, skip_batches: int
         ds = data.train_dataset(run.info, cfg.data, aug,
                                 batch_size=ctx.get_per_replica_batch_size(global_batch) * cfg.grad_accum_steps,
                                 image_size=stage.image_size, input_context=ctx,
-                                seed=cfg.seed * 1_000_003 + epoch)
+                                seed=cfg.seed * 1_000_003 + epoch, preprocess=run.spec.preprocessing)
         # One pipeline feeds every replica of its worker, one batch each per step.
         per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
         return ds.take(run.steps_per_epoch * per_step).skip(skip_batches * per_step)
@@ -342,7 +351,8 @@ class _Log:
 def _evaluate(run: Run, eval_step) -> dict:
     cfg = run.cfg
     return evaluate_all(run.engine, run.info, cfg.data, eval_step, weights=cfg.weights_to_evaluate,
-                        batch_size=cfg.eval_batch_size, image_size=cfg.eval_img_size, ema=run.state.ema)
+                        batch_size=cfg.eval_batch_size, image_size=cfg.eval_img_size, ema=run.state.ema,
+                        preprocess=run.spec.preprocessing)
 
 
 def _finish(run: Run, summary: dict) -> dict:

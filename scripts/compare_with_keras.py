@@ -133,7 +133,7 @@ def latency_candidates(variant, size, workdir) -> tuple[dict, dict, float]:
     infer = model_runner(model, size, "tf", batch_size=1)
     unoptimised = tf.function(lambda x: tf.nn.softmax(model(x, training=False), axis=-1))
     saved_dir = os.path.join(workdir, "ours_savedmodel")
-    save(ServingModule(model, [str(i) for i in range(1000)], size, "bilinear", 5), saved_dir)
+    save(ServingModule(model, [str(i) for i in range(1000)], size, 5), saved_dir)
     signatures = tf.saved_model.load(saved_dir).signatures
     max_diff = float(np.abs(infer(image) - unoptimised(image).numpy()).max())
     candidates = {

@@ -39,9 +39,9 @@ def test_eval_result_metrics_use_the_reference_names():
     assert set(METRICS) <= {k[:-4] for k in m}
 
 
-def _hand_metrics(model, info, image_size):
+def _hand_metrics(model, info, image_size, preprocess):
     """top-1/top-5/loss from the model's logits over every validation example, in numpy."""
-    ds = data.eval_records(info, DataConfig(), image_size=image_size).batch(64)
+    ds = data.eval_records(info, DataConfig(), image_size=image_size, preprocess=preprocess).batch(64)
     logits, labels = [], []
     for images, labs in ds:
         logits.append(model(images, training=False).numpy().astype(np.float64))
@@ -70,10 +70,12 @@ def test_evaluate_matches_a_hand_computation_for_raw_and_ema(tiny_checkpoint, ru
 
     info = data.open_dataset(DataConfig())
     restored = restore(tiny_checkpoint)
+    # The run recorded the whole-image eval crop it chose for the demo's small images; evaluation applies it.
+    assert restored.spec.preprocessing.eval_fraction(32) == res["eval_crop_fraction"] == 1.0
     for suffix in ("", "_ema"):
         if suffix:
             restored.use_ema_weights()
-        n, top1, top5, loss = _hand_metrics(restored.model, info, 32)
+        n, top1, top5, loss = _hand_metrics(restored.model, info, 32, restored.spec.preprocessing)
         assert n == info.num_eval_examples == res[f"eval_examples{suffix}"] == 359
         assert res[f"eval_accuracy_top_1{suffix}"] == pytest.approx(top1, abs=1e-9)
         assert res[f"eval_accuracy_top_5{suffix}"] == pytest.approx(top5, abs=1e-9)
@@ -109,11 +111,28 @@ def test_evaluation_on_two_replicas_counts_every_example_once(tiny_checkpoint, t
     two = json.loads(proc.stdout.strip().splitlines()[-1])
     info = data.open_dataset(DataConfig())
     restored = restore(tiny_checkpoint, with_ema=False)
-    n, top1, top5, _ = _hand_metrics(restored.model, info, 32)
+    n, top1, top5, _ = _hand_metrics(restored.model, info, 32, restored.spec.preprocessing)
     assert two["replicas"] == 2
     assert two["eval_examples"] == n == 359
     assert two["eval_accuracy_top_1"] == pytest.approx(top1, abs=1e-9)
     assert two["eval_accuracy_top_5"] == pytest.approx(top5, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_eval_crop_flags_override_the_recorded_ones(tiny_checkpoint, tmp_path):
+    from loops.config import EvalConfig
+    from loops.offline_evaluation import evaluate_checkpoint
+    from loops.parallel.distribution import create_engine
+
+    cfg = EvalConfig(ckpt=tiny_checkpoint, weights="raw", eval_batch_size=64, output=str(tmp_path / "e.json"),
+                     preprocess=data.EvalPreprocessing(crop_padding=32, resize_method="bicubic"))
+    res = evaluate_checkpoint(cfg, create_engine())
+    assert (res["eval_crop_fraction"], res["resize_method"]) == (0.5, "bicubic")
+    restored = restore(tiny_checkpoint, with_ema=False)
+    wanted = restored.spec.preprocessing.with_eval_overrides(cfg.preprocess)
+    _, top1, _, loss = _hand_metrics(restored.model, data.open_dataset(DataConfig()), 32, wanted)
+    assert res["eval_accuracy_top_1"] == pytest.approx(top1, abs=1e-9)
+    assert res["eval_loss"] == pytest.approx(loss, rel=1e-4)
 
 
 def test_ckpt_pointing_nowhere_is_a_clear_error(run_script, tmp_path):

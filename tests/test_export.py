@@ -29,8 +29,7 @@ def test_exported_savedmodel_round_trips(tiny_checkpoint, tmp_path):
 
     r = restore(tiny_checkpoint)
     r.use_ema_weights()
-    crop = r.spec.eval_crop_fraction
-    x = tf.stack([data.preprocess_for_eval(tf.constant(b), 32, "bilinear", crop) for b in pngs + [jpg]])
+    x = tf.stack([data.preprocess_for_eval(tf.constant(b), 32, r.spec.preprocessing) for b in pngs + [jpg]])
     expected = tf.nn.softmax(r.model(x, training=False)).numpy()
 
     loaded = tf.saved_model.load(str(out))

@@ -62,8 +62,9 @@ def _preprocessed(folder, info):
 
     import input as data
 
-    return np.stack([data.preprocess_for_eval(tf.io.read_file(str(f)), info["image_size"], info["resize_method"],
-                                              info["eval_crop_fraction"]).numpy() for f in sorted(folder.iterdir())])
+    preprocessing = data.Preprocessing.from_json(info["preprocessing"])
+    return np.stack([data.preprocess_for_eval(tf.io.read_file(str(f)), info["image_size"], preprocessing).numpy()
+                     for f in sorted(folder.iterdir())])
 
 
 def _info(out):

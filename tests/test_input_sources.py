@@ -101,7 +101,7 @@ def test_forced_source_with_wrong_layout(tmp_path):
 
 def test_config_validation_names_the_flag():
     with pytest.raises(ValueError, match="--resize_method"):
-        I.DataConfig(resize_method="nearest")
+        I.Preprocessing(resize_method="nearest")
     with pytest.raises(ValueError, match="--data_source"):
         I.DataConfig(source="csv")
     with pytest.raises(ValueError, match="--augmenter_name"):
@@ -177,7 +177,7 @@ def test_demo_dataset_built_once_and_reused(tmp_path, capsys):
     info = I.open_dataset(cfg)
     out = capsys.readouterr().out
     assert "Using the embedded demo dataset" in out
-    assert info.source == "demo" and info.is_demo
+    assert info.source == "demo"
     assert info.num_train_examples + info.num_eval_examples == 1797
     assert info.class_names == tuple(str(i) for i in range(10))
     assert 340 <= info.num_eval_examples <= 380

@@ -23,8 +23,7 @@ def _expected_probs(ckpt, path):
     """The in-process EMA model on exactly the evaluation preprocessing of the file."""
     r = restore(ckpt)
     r.use_ema_weights()
-    x = data.preprocess_for_eval(tf.io.read_file(path), r.spec.eval_img_size, r.spec.resize_method,
-                                 r.spec.eval_crop_fraction)
+    x = data.preprocess_for_eval(tf.io.read_file(path), r.spec.eval_img_size, r.spec.preprocessing)
     return tf.nn.softmax(r.model(x[None], training=False)).numpy()[0]
 
 

@@ -13,6 +13,7 @@ import efficientnet
 import input as data
 from efficientnet.serving import inference_model, serving_function, with_trained_like_statistics
 from input import testdata
+from input.config import REFERENCE
 from loops.restore import restore
 
 SIZE = 64
@@ -20,11 +21,11 @@ SIZE = 64
 LOGITS_ATOL, PROBS_ATOL = 1e-4, 1e-5
 
 
-def _real_images(size, crop=None):
+def _real_images(size, preprocessing=REFERENCE):
     """Decoded JPEG/PNG files through the evaluation preprocessing, as predict.py and the export see them."""
     files = [testdata.encode(testdata.image_array(seed, 50 + 7 * seed, 70), fmt)
              for seed, fmt in ((1, "jpg"), (2, "png"), (3, "jpg"))]
-    return tf.stack([data.preprocess_for_eval(tf.constant(b), size, "bilinear", crop) for b in files])
+    return tf.stack([data.preprocess_for_eval(tf.constant(b), size, preprocessing) for b in files])
 
 
 def test_folded_network_matches_the_model_and_has_no_batch_norm():
@@ -96,7 +97,7 @@ def test_checkpoint_top_k_unchanged_by_serving(tiny_checkpoint):
     restored = restore(tiny_checkpoint)
     restored.use_ema_weights()
     spec = restored.spec
-    x = _real_images(spec.eval_img_size, spec.eval_crop_fraction)
+    x = _real_images(spec.eval_img_size, spec.preprocessing)
     expected = tf.nn.softmax(restored.model(x, training=False)).numpy()
     served = tf.nn.softmax(serving_function(
         restored.model, tf.TensorSpec([None, spec.eval_img_size, spec.eval_img_size, 3], tf.float32))(x)).numpy()

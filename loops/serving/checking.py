@@ -12,7 +12,7 @@ import input as data
 
 
 def sample_images(info: data.DatasetInfo, data_cfg: data.DataConfig, *, split: str, count: int, image_size: int,
-                  seed: int = 0) -> np.ndarray:
+                  preprocess: data.Preprocessing, seed: int = 0) -> np.ndarray:
     """`count` images (fewer if the split is smaller) of the split ("train" or "eval") through the
     evaluation preprocessing, float32 [n, S, S, 3]. Shards are read in a seeded random order: image folders
     and TFDS list their files by class, and the first images would all be of one class."""
@@ -22,7 +22,8 @@ def sample_images(info: data.DatasetInfo, data_cfg: data.DataConfig, *, split: s
                          f"to {'calibrate' if split == 'train' else 'check'} the export with")
     order = np.random.default_rng(seed).permutation(len(shards))
     shuffled = dataclasses.replace(info, eval_shards=tuple(shards[k] for k in order))
-    records = data.eval_records(shuffled, data_cfg, image_size=image_size).take(count).batch(count)
+    records = data.eval_records(shuffled, data_cfg, image_size=image_size, preprocess=preprocess)
+    records = records.take(count).batch(count)
     images = [x.numpy() for x, _ in records]
     return images[0] if images else np.zeros([0, image_size, image_size, 3], np.float32)
 
@@ -54,10 +55,11 @@ def agreement(probabilities: np.ndarray, reference: np.ndarray) -> Agreement:
 
 
 def top1_on_eval_set(fn, info: data.DatasetInfo, data_cfg: data.DataConfig, image_size: int,
-                     batch_size: int = 32) -> tuple[float, int]:
+                     preprocess: data.Preprocessing, batch_size: int = 32) -> tuple[float, int]:
     """(top-1 accuracy, images) of fn (images -> probabilities) over the whole evaluation set."""
     correct = total = 0
-    for images, labels in data.eval_records(info, data_cfg, image_size=image_size).batch(batch_size):
+    records = data.eval_records(info, data_cfg, image_size=image_size, preprocess=preprocess)
+    for images, labels in records.batch(batch_size):
         predicted = np.argmax(fn(images.numpy()), 1)
         correct += int((predicted == labels.numpy()).sum())
         total += len(predicted)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from flags.settings import NON_NEGATIVE, POSITIVE, each_of, group, require, required, setting, within
-from input.config import RESIZE_METHODS, DataConfig
+from input.config import DataConfig, EvalPreprocessing
 from loops.config import SERVING_BACKENDS, CheckpointSettings, PrecisionSettings
 
 SERVED_WEIGHTS = ("ema", "raw")
@@ -22,6 +22,7 @@ class ServingSettings(CheckpointSettings):
                                   choices=SERVED_WEIGHTS)
     top_k: int = setting(5, "Classes reported per image.", rule=POSITIVE)
     img_size: int | None = setting(None, "Input resolution (default: the run's --eval_img_size).", rule=POSITIVE)
+    preprocess: EvalPreprocessing = group(EvalPreprocessing)  # None: the run's crop and interpolation
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,7 +33,6 @@ class PredictConfig(ServingSettings, PrecisionSettings):
                                         "--model, what the file is, and for an export directory onnxruntime when "
                                         "it holds model.onnx and ONNX Runtime is installed, else tf.",
                                   choices=SERVING_BACKENDS)
-    resize_method: str | None = setting(None, "Resize interpolation (default: the run's).", choices=RESIZE_METHODS)
     image_dir: str | None = setting(None, "Directory of images to classify (every file under it, sorted).")
     image: str | None = setting(None, "A single image file to classify (instead of --image_dir).")
     batch_size: int = setting(32, "Images per forward pass.", flag="predict_batch_size", rule=POSITIVE)

@@ -57,13 +57,12 @@ def _pixels_input(size: int) -> str:
 
 
 def _write(cfg: ExportConfig, formats, restored, work: str, size: int, info: data.DatasetInfo,
-           data_cfg: data.DataConfig, meta: dict) -> list[Artifact]:
+           data_cfg: data.DataConfig, preprocessing: data.Preprocessing, meta: dict) -> list[Artifact]:
     model, spec = restored.model, restored.spec
     pixels, probs = _pixels_input(size), f"probabilities float32 [N, {spec.num_classes}]"
     artifacts = []
     if "savedmodel" in formats:
-        module = ServingModule(model, meta["class_names"], size, meta["resize_method"], cfg.top_k,
-                               meta["eval_crop_fraction"])
+        module = ServingModule(model, meta["class_names"], size, cfg.top_k, preprocessing)
         save(module, work)
         artifacts.append(Artifact("savedmodel", ".", "tf", "; ".join(f"{k}({v})" for k, v in SIGNATURES.items()),
                                   ", ".join(OUTPUTS)))
@@ -80,6 +79,7 @@ def _write(cfg: ExportConfig, formats, restored, work: str, size: int, info: dat
         calibration = None
         if "int8" in cfg.tflite_precisions:
             images = checking.sample_images(info, data_cfg, split="train", count=cfg.calibration_steps,
+                                            preprocess=preprocessing,
                                             image_size=size)
             print(f"int8 calibration: {len(images)} training images of {info.description}", flush=True)
             calibration = lambda: iter(images)  # noqa: E731
@@ -132,12 +132,13 @@ def export(cfg: ExportConfig) -> dict:
     restored, weights = restore_served(cfg.ckpt, cfg.weights)
     spec = restored.spec
     size = cfg.img_size or spec.eval_img_size
-    data_cfg = dataclasses.replace(cfg.data, resize_method=cfg.data.resize_method or spec.resize_method)
+    data_cfg = cfg.data
     info = data.open_dataset(data_cfg)
-    crop = spec.eval_crop_fraction
+    preprocessing = spec.preprocessing.with_eval_overrides(cfg.preprocess)
     meta = {"checkpoint": restored.checkpoint_path, "model": f"efficientnet-{spec.variant}",
             "num_classes": spec.num_classes, "class_names": list(display_class_names(spec)), "weights": weights,
-            "image_size": size, "resize_method": data_cfg.resize_method, "eval_crop_fraction": crop,
+            "image_size": size, "resize_method": preprocessing.interpolation,
+            "eval_crop_fraction": preprocessing.eval_fraction(size), "preprocessing": dataclasses.asdict(preprocessing),
             "top_k": min(cfg.top_k, spec.num_classes)}
     print(f"Exporting {meta['model']} ({weights} weights, {size} px) as {', '.join(formats)}"
           + ("" if cfg.formats else f" (the default; onnx needs {EXPORT_REQUIREMENTS})"), flush=True)
@@ -148,8 +149,9 @@ def export(cfg: ExportConfig) -> dict:
     os.umask(umask)
     os.chmod(work, 0o777 & ~umask)  # mkdtemp's 0700 would follow the rename: a model server could not read it
     try:
-        artifacts = _write(cfg, formats, restored, work, size, info, data_cfg, meta)
-        images = checking.sample_images(info, data_cfg, split="eval", count=cfg.check_images, image_size=size)
+        artifacts = _write(cfg, formats, restored, work, size, info, data_cfg, preprocessing, meta)
+        images = checking.sample_images(info, data_cfg, split="eval", count=cfg.check_images, image_size=size,
+                                        preprocess=preprocessing)
         reference = checking.model_probabilities(restored.model, images)
         runners, failed = {}, []
         for artifact in artifacts:
@@ -161,7 +163,7 @@ def export(cfg: ExportConfig) -> dict:
                                    f"(see above); nothing was written to {cfg.output}")
         result = {**meta, "formats": list(formats), "check_data": info.description}
         if cfg.eval:
-            result["eval"] = _evaluate(restored.model, size, runners, artifacts, info, data_cfg)
+            result["eval"] = _evaluate(restored.model, size, runners, artifacts, info, data_cfg, preprocessing)
         result["artifacts"] = {a.name: dataclasses.asdict(a) for a in artifacts}
         with open(os.path.join(work, runtimes.EXPORT_INFO), "w") as f:
             json.dump(result, f, indent=1)
@@ -172,12 +174,12 @@ def export(cfg: ExportConfig) -> dict:
     return result
 
 
-def _evaluate(model, size, runners, artifacts, info, data_cfg) -> dict:
+def _evaluate(model, size, runners, artifacts, info, data_cfg, preprocessing) -> dict:
     """Top-1 over the evaluation set of the unexported model and of every artifact."""
     results = {"data": info.description}
     print(f"Evaluating on {info.description}:", flush=True)
     for name, fn in [("unexported model", lambda x: checking.model_probabilities(model, x))] + list(runners.items()):
-        top1, count = checking.top1_on_eval_set(fn, info, data_cfg, size)
+        top1, count = checking.top1_on_eval_set(fn, info, data_cfg, size, preprocessing)
         results[name] = top1
         results["images"] = count
         print(f"eval top-1 {name}: {top1:.4f} ({count} images)", flush=True)

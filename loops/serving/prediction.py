@@ -57,9 +57,9 @@ def list_images(cfg: PredictConfig) -> list[str]:
     return sorted(files)
 
 
-def _decode_error(path: str, image_size: int, resize_method: str, crop: float | None) -> str:
+def _decode_error(path: str, image_size: int, preprocessing: data.Preprocessing) -> str:
     try:
-        data.preprocess_for_eval(tf.io.read_file(path), image_size, resize_method, crop)
+        data.preprocess_for_eval(tf.io.read_file(path), image_size, preprocessing)
     except (tf.errors.OpError, ValueError) as e:
         text = (getattr(e, "message", None) or str(e)).strip()
         # Drop TensorFlow's "{{function_node ...}}" prefix and "[Op:...]" suffix: the op name is noise here.
@@ -75,8 +75,7 @@ class Served:
     runner: object  # images float32 [N, S, S, 3] -> probabilities [N, C] (loops.serving.runtimes)
     class_names: tuple[str, ...]
     image_size: int
-    resize_method: str
-    crop_fraction: float | None
+    preprocessing: data.Preprocessing  # the evaluation crop and resize the images get
     weights: str
     source: str  # the checkpoint or artifact file
 
@@ -132,27 +131,28 @@ def open_served(cfg: PredictConfig) -> Served:
         directory, info = _export_info(cfg.model)
         path, backend = _artifact_file(cfg.model, directory, cfg.backend)
         runner = runtimes.open_artifact(path, backend)
+        recorded = data.Preprocessing.from_json(info["preprocessing"])
         return Served(runner, tuple(info["class_names"]), info["image_size"],
-                      cfg.resize_method or info["resize_method"], info["eval_crop_fraction"], info["weights"], path)
+                      recorded.with_eval_overrides(cfg.preprocess), info["weights"], path)
     set_precision(cfg.precision)
     restored, weights = restore_served(cfg.ckpt, cfg.weights)
     spec, model = restored.spec, restored.model
     size = cfg.img_size or spec.eval_img_size
     # --backend tf: one traced shape, since predict pads every batch to it.
     runner = runtimes.model_runner(model, size, cfg.backend or "tf", cfg.batch_size)
-    return Served(runner, display_class_names(spec), size, cfg.resize_method or spec.resize_method,
-                  spec.eval_crop_fraction, weights, restored.checkpoint_path)
+    return Served(runner, display_class_names(spec), size, spec.preprocessing.with_eval_overrides(cfg.preprocess),
+                  weights, restored.checkpoint_path)
 
 
 def predict(cfg: PredictConfig) -> PredictResult:
     files = list_images(cfg)
     served = open_served(cfg)
-    names, size, method, crop = served.class_names, served.image_size, served.resize_method, served.crop_fraction
+    names, size, preprocessing = served.class_names, served.image_size, served.preprocessing
     k = min(cfg.top_k, len(names))
     bs = cfg.batch_size
 
     paths = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string)).enumerate()
-    images = paths.map(lambda i, p: (i, data.preprocess_for_eval(tf.io.read_file(p), size, method, crop)),
+    images = paths.map(lambda i, p: (i, data.preprocess_for_eval(tf.io.read_file(p), size, preprocessing)),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     batches = images.ignore_errors().batch(bs).prefetch(2)
 
@@ -174,7 +174,7 @@ def predict(cfg: PredictConfig) -> PredictResult:
     rows = []
     for i, path in enumerate(files):
         if i not in probs_by_index:
-            rows.append({"file": path, "error": _decode_error(path, size, method, crop)})
+            rows.append({"file": path, "error": _decode_error(path, size, preprocessing)})
             continue
         p = probs_by_index[i]
         top = np.argsort(-p, kind="stable")[:k]

