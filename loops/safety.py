@@ -30,11 +30,18 @@ class StopRequest:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
+        if exc_type is Preempted:
+            # Stopping: a second signal (a launcher stopping the other ranks, a scheduler's reminder) must not
+            # kill the process on its way out and turn its exit code 75 into a signal death.
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
     def _handle(self, signum, _frame):
+        if self.signal_name is not None:
+            print(f"Received {signal.Signals(signum).name} again: already stopping.", flush=True)
+            return
         self.signal_name = signal.Signals(signum).name
         print(f"Received {self.signal_name}: finishing the current step, then checkpointing and exiting "
               f"with code {EXIT_PREEMPTED}.", flush=True)

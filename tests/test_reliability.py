@@ -50,7 +50,7 @@ def wait_for(predicate, proc, timeout=300):
 def final_state(model_dir):
     reader = tf.train.load_checkpoint(str(model_dir))
     return {n: reader.get_tensor(n) for n, _ in tf.train.list_variables(str(model_dir))
-            if n.startswith(("model/", "ema/", "optimizer/", "epoch", "batch_in_epoch"))}
+            if n.startswith(("model/", "ema/", "optimizer/", "epoch", "examples_"))}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_preemption_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, u
     code, out, _ = finish(proc)
     assert code == 75
     assert f"Stopped by {signal.Signals(signum).name}" in out
-    stopped_at = tf.train.load_checkpoint(str(tmp_path)).get_tensor("batch_in_epoch/.ATTRIBUTES/VARIABLE_VALUE")
+    stopped_at = tf.train.load_checkpoint(str(tmp_path)).get_tensor("examples_in_epoch/.ATTRIBUTES/VARIABLE_VALUE") // 8
     assert 3 <= stopped_at < 12  # a step after the signal, not an epoch boundary's worth later
     code, out, err = finish(start(tmp_path))
     assert code == 0, err[-3000:]

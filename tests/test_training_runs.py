@@ -100,7 +100,7 @@ def test_two_replicas_match_one_at_the_same_global_batch(tmp_path, run_script):
     ("--train_img_size", "0", "--train_img_size=0: must be positive"),
     ("--arch", "efficientnet-b9", "unknown EfficientNet variant 'efficientnet-b9'"),
     ("--mparams", "dropout=0.1", "unknown model parameter 'dropout'"),
-    ("--precision", "fp32", "--use_amp contradicts --precision=fp32"),
+    ("--precision", "fp32", "--use_amp=True: contradicts --precision=fp32"),
 ])
 def test_bad_flags_stop_before_any_work_naming_the_flag(tmp_path, run_script, flag, value, message):
     extra = ["--use_amp"] if flag == "--precision" else []
