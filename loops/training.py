@@ -131,11 +131,11 @@ def _resume_note(latest: str, progress: Progress, shape: RunShape, step: int) ->
     note += (f". The run shape changed ({', '.join(changes)}; global batch {saved.global_batch} -> "
              f"{shape.global_batch}): training continues on the same example clock, with the learning rate of the "
              "new global batch")
-    if position and saved.input_pipelines != shape.input_pipelines:
+    if position >= shape.epoch_examples:
+        note += f"; epoch {epoch + 1} is already complete at this shape"
+    elif position and saved.input_pipelines != shape.input_pipelines:
         note += (f"; the rest of epoch {epoch + 1} is read from the new workers' shards, so a few of its examples "
                  "may be seen twice or not at all (later epochs are whole)")
-    elif position >= shape.epoch_examples:
-        note += f"; epoch {epoch + 1} is already complete at this shape"
     return note
 
 
