@@ -93,12 +93,17 @@ def damaged_file(prefix: str) -> str:
     return data[0] if len(data) == 1 else prefix + ".data-*"
 
 
+def damage_report(prefix: str, error: BaseException) -> str:
+    return f"checkpoint {prefix} is damaged ({damaged_file(prefix)}: {_one_line(error)})"
+
+
 def read_checkpoint(checkpoint: tf.train.Checkpoint, prefix: str):
-    """checkpoint.restore(prefix), raising DamagedCheckpoint naming the file when it cannot be read."""
+    """checkpoint.restore(prefix), raising DamagedCheckpoint naming the file when it cannot be read. Only the
+    tensors of `checkpoint`'s objects are read (and checksummed): damage elsewhere in the file goes unnoticed."""
     try:
         return checkpoint.restore(prefix)
     except READ_ERRORS as e:
-        raise DamagedCheckpoint(f"checkpoint {prefix} is damaged ({damaged_file(prefix)}: {_one_line(e)})") from None
+        raise DamagedCheckpoint(damage_report(prefix, e)) from None
 
 
 def kept_checkpoints(model_dir: str) -> list[str]:

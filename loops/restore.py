@@ -12,7 +12,7 @@ import re
 import keras
 import tensorflow as tf
 
-from loops.checkpoints import (READ_ERRORS, RUN_SPEC, DamagedCheckpoint, RunSpec, damaged_file, kept_checkpoints,
+from loops.checkpoints import (READ_ERRORS, RUN_SPEC, DamagedCheckpoint, RunSpec, damage_report, kept_checkpoints,
                                make_checkpoint, read_checkpoint, resolve_checkpoint)
 from loops.ema import ExponentialMovingAverage
 
@@ -66,7 +66,7 @@ def restore(ckpt: str, strategy: tf.distribute.Strategy | None = None, with_ema:
         status = read_checkpoint(make_checkpoint(model, ema=ema), path)
     except (DamagedCheckpoint, *READ_ERRORS) as e:
         others = [os.path.basename(p) for p in kept_checkpoints(model_dir) if p != path]
-        reason = str(e) if isinstance(e, DamagedCheckpoint) else f"checkpoint {path} is damaged ({damaged_file(path)})"
+        reason = str(e) if isinstance(e, DamagedCheckpoint) else damage_report(path, e)
         raise DamagedCheckpoint(f"--ckpt {ckpt}: {reason}; "
                                 + (f"other checkpoints in {model_dir}: {', '.join(others)}" if others
                                    else "no other checkpoint is kept beside it")) from None

@@ -33,7 +33,7 @@ CASES = (("per_replica_batch", 4, 16, 1, 1), ("replicas", 4, 8, 2, 1), ("grad_ac
 
 
 def config(model_dir, data_dir, batch, accum=1) -> TrainConfig:
-    return TrainConfig(model_dir=str(model_dir), mode="train", data=DataConfig(data_dir=str(data_dir)),
+    return TrainConfig(model_dir=str(model_dir), mode="train", data=DataConfig(data_dir=str(data_dir), num_classes=48),
                        train_img_size=32, eval_img_size=32, train_batch_size=batch, grad_accum_steps=accum,
                        max_epochs=2, warmup_epochs=1, save_checkpoint_steps=1, keep_checkpoints=20, log_steps=1,
                        moving_average_decay=0.99, optimizer="sgd", lr_init=0.02,

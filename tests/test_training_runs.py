@@ -116,8 +116,8 @@ def test_resume_with_another_shape_continues_on_the_example_clock(reshaped, case
     results, stdout = reshaped
     note = stdout.split(f"CASE {case}", 1)[1]
     assert re.search(r"Resuming from \S+ckpt-4: epoch 1, example 32 of 48, step 4\. The run shape changed \("
-                     + re.escape(change) + r"; global batch 8 -> 16\): training continues on the same example clock",
-                     note), note[:3000]
+                     + re.escape(change) + r", steps per epoch 6 -> 3; global batch 8 -> 16\): training continues "
+                     r"on the same example clock", note), note[:3000]
     run, reference = results[case], results["reference"]
     # The rest of epoch 1 (one step of 16) and epoch 2 (three): every example of both epochs, once.
     assert run["summary"] == {"steps": 4 + 4, "epochs": 2, "examples_seen": 96}
@@ -135,9 +135,11 @@ def test_resume_with_another_shape_continues_on_the_example_clock(reshaped, case
 def test_resume_between_two_global_batches_drops_only_the_incomplete_last_one(reshaped):
     """Preempted after 24 examples, resumed at global batch 16: one step covers examples 24-39, the 8 left of the
     epoch make no full batch (as at the end of any epoch), and epoch 2 is whole."""
-    run = reshaped[0]["misaligned"]
+    run, reference = reshaped[0]["misaligned"], reshaped[0]["reference"]["train"]
     assert run["summary"] == {"steps": 3 + 4, "epochs": 2, "examples_seen": 24 + 16 + 48}
     assert [seen for seen, _, _ in run["train"]] == [40, 56, 72, 88]
+    # Epoch 2 starts on time: its learning rates are the reference's epoch-2 ones (at 64, 80, 96 examples there).
+    assert [lr for _, lr, _ in run["train"][1:]] == pytest.approx([lr for _, lr, _ in reference[3:]], rel=1e-6)
 
 
 @pytest.mark.parametrize("flag,value,message", [
