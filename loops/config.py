@@ -141,9 +141,11 @@ class TrainConfig(PrecisionSettings):
     hvd_fp16_allreduce: bool = setting(False, "Horovod: send gradients as float16 in the allreduce.")
     collective_timeout_s: float | None = setting(
         None, "Seconds a cross-worker collective may wait before failing (TF_CONFIG workers: "
-              "CommunicationOptions timeout; Horovod: HOROVOD_GLOO_TIMEOUT_SECONDS for a frozen rank and the stall "
-              "inspector's warning at half of it and shutdown at it for a stalled one). Default: no bound for "
-              "TF_CONFIG; for Horovod Gloo's 30 s and a stall warning every 60 s without shutdown.", rule=POSITIVE)
+              "CommunicationOptions timeout; Horovod: HOROVOD_GLOO_TIMEOUT_SECONDS for a frozen rank, and for a "
+              "stalled one the stall inspector's warning at half of it and shutdown at it, which ends the run 1.5-2.5 "
+              "timeouts into the stall). Keep it above the workers' largest skew (tracing the first step, the "
+              "chief's checkpoint writes). Default: no bound for TF_CONFIG; for Horovod Gloo's 30 s and a stall "
+              "warning every 60 s without shutdown.", rule=POSITIVE)
     benchmark: BenchmarkSettings = group(BenchmarkSettings)
 
     def validate(self):

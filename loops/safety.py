@@ -31,11 +31,12 @@ class StopRequest:
         return self
 
     def __exit__(self, exc_type, *exc):
-        if exc_type is Preempted:
-            # Stopping: a second signal (a launcher stopping the other ranks, a scheduler's reminder) must not
-            # kill the process on its way out and turn its exit code 75 into a signal death.
-            return
-        for sig, handler in self._previous.items():
+        # Stopped with the checkpoint written: a later signal (horovodrun ending the other ranks once one has
+        # exited, a scheduler's reminder) must not turn exit code 75 into a death by signal while Python and
+        # TensorFlow shut down. Ignored, not handled: Python resets its own handlers to the default as it
+        # finalizes, but leaves an ignored signal ignored.
+        restore = {sig: signal.SIG_IGN for sig in STOP_SIGNALS} if exc_type is Preempted else self._previous
+        for sig, handler in restore.items():
             signal.signal(sig, handler)
 
     def _handle(self, signum, _frame):

@@ -270,13 +270,14 @@ class _StopAgreement:
         return self.stop.signal_name or "a stop signal to another worker"
 
 
-def _stop_here(run: Run, agreement: _StopAgreement, saved: str | None = None):
+def _stop_here(run: Run, agreement: _StopAgreement, saved: str | None = None, *, mid_epoch: bool = False):
     """Checkpoint (unless `saved` already holds this step), say so on every process, wait until every process
     got here (so the chief's checkpoint is complete before any process exits) and exit 75."""
     path = saved or run.save()
     step = int(run.state.optimizer.iterations.numpy())
     if run.engine.is_chief:
-        run.reporter.say(f"Stopped by {agreement.cause} at step {step}; saved {path}")
+        # Mid-epoch, the progress bar's line is still open.
+        run.reporter.say(("\n" if mid_epoch else "") + f"Stopped by {agreement.cause} at step {step}; saved {path}")
     else:
         print(f"Worker {run.engine.worker_index}: stopped by {agreement.cause} at step {step} with the chief's "
               "checkpoint", flush=True)
@@ -355,7 +356,7 @@ def _stop_when_requested(run: Run, agreement: _StopAgreement) -> Action:
     def act(tick: Tick):
         agreement.after_step(tick.metrics)
         if agreement.agreed and not tick.last and run.progress.streak == 0:
-            _stop_here(run, agreement)
+            _stop_here(run, agreement, mid_epoch=True)
     return act
 
 

@@ -152,8 +152,9 @@ def _check_workers(out, reference, results):
     # Same gradients, same updates: bit-identical except the per-replica BatchNorm statistics.
     assert _max_diff(w0, w1, skip=PER_REPLICA) == 0.0
     assert _max_diff(w0, w1) > 0.0  # the per-replica statistics really are per replica (different shards)
-    # Worker 0 is replica 0 of the single-process twin: same data, same per-replica BN, same global batch.
-    assert _max_diff(w0, reference) < 1e-5
+    # Worker 0 is replica 0 of the single-process twin: same data, same per-replica BN, same global batch (the
+    # recorded run shape differs in its one field that says how many processes read the data).
+    assert _max_diff(w0, reference, skip=("run_shape",)) < 1e-5
     iteration = next(k for k in w0 if k.endswith("/iteration"))
     assert int(w0[iteration]) == 6
     # Training moved the weights: the EMA shadows (decay 0.99 warm-up) lag the weights they follow.
@@ -402,7 +403,8 @@ def _copy_run(stopped, tmp_path):
 def test_horovod_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resumes(tmp_path, reference,
                                                                                  horovod_stopped_by_signal):
     stopped, output = horovod_stopped_by_signal
-    assert re.search(r"\[0\]<stdout>:Stopped by a stop signal to another worker at step 2; saved", output), output[-3000:]
+    assert re.search(r"\[0\]<stdout>:.*Stopped by a stop signal to another worker at step 2; saved", output), \
+        output[-3000:]
     assert "[1]<stdout>:Worker 1: stopped by SIGTERM at step 2 with the chief's checkpoint" in output
     # Both ranks exit 75 (horovodrun itself then reports the non-zero exits and returns 1).
     assert sorted(re.findall(r"Process (\d) exit with status code (-?\d+)", output)) == [("0", "75"), ("1", "75")]
@@ -485,11 +487,13 @@ def test_horovod_fp16_allreduce_is_the_fp32_sum_within_float16_rounding(tmp_path
 @pytest.mark.slow
 @needs_horovod
 def test_horovod_stalled_rank_gets_the_stall_warning_and_fails_every_rank_at_the_timeout(tmp_path):
-    """Rank 1 stays alive but never submits step 3's allreduce. With --collective_timeout_s 6 Horovod's stall
-    inspector warns after 3 s and shuts Horovod down once the stall passes 6 s (it looks every 3 s), which fails
-    rank 0's allreduce; horovodrun then ends rank 1. Without scripts/install_horovod.sh's Gloo fix the
-    inspector sees no ranks and the survivor would wait forever."""
-    launcher = _horovodrun_probe(tmp_path, "worker", tmp_path, "stall_after=2", "timeout=6")
+    """Rank 1 stays alive but never submits step 3's allreduce. With --collective_timeout_s 20 Horovod's stall
+    inspector warns and shuts Horovod down 30-50 s into the stall (loops.parallel.horovod_engine.horovod_timeouts),
+    which fails rank 0's allreduce; horovodrun then ends rank 1 (SIGTERM, SIGKILL 5 s later). Without scripts/install_horovod.sh's Gloo fix the
+    inspector sees no ranks and the survivor would wait forever. The timeout must exceed the ranks' skew in
+    reaching the first step (tracing it; several seconds on this loaded machine), like any timeout of a
+    collective; depth 0.25 keeps the tracing short."""
+    launcher = _horovodrun_probe(tmp_path, "worker", tmp_path, "stall_after=2", "timeout=20", "depth=0.25")
     try:
         _wait_for_file(tmp_path / "stalled-1", [launcher], timeout=300)
         stalled = time.time()
@@ -501,7 +505,7 @@ def test_horovod_stalled_rank_gets_the_stall_warning_and_fails_every_rank_at_the
     assert launcher.returncode != 0
     assert "One or more tensors were submitted to be reduced, gathered or broadcasted by subset of ranks" in output
     assert re.search(r"Missing ranks:\s*\S*\s*1!?: \[", output), output[-3000:]
-    assert "is stalled for longer than 6 seconds. Will shutdown." in output, output[-3000:]
+    assert "is stalled for longer than 20 seconds. Will shutdown." in output, output[-3000:]
     assert "Horovod has been shut down" in output
     print(f"horovodrun exited {seconds:.1f} s after rank 1 stalled")
-    assert 6 <= seconds < 60, seconds
+    assert 20 <= seconds < 2.5 * 20 + 45, seconds  # measured: 61 s at load 8 (shutdown 44 s into the stall)

@@ -27,9 +27,10 @@ def _import_horovod():
 def horovod_timeouts(timeout_s: float) -> dict[str, str]:
     """The Horovod settings --collective_timeout_s stands for (read at hvd.init). A rank that stops responding
     (frozen, its host gone) fails Gloo's wait after the timeout. A rank that is alive but never submits the
-    next allreduce (stuck reading data, a deadlock) is what Horovod's stall inspector watches: it warns after
-    half the timeout and shuts Horovod down, failing every rank, once the stall passes the timeout (it looks
-    every half timeout, so within 1.5 x the timeout; needs the Gloo fix of scripts/install_horovod.sh)."""
+    next allreduce (stuck reading data, a deadlock) is what Horovod's stall inspector watches (with the Gloo
+    fix of scripts/install_horovod.sh): it warns after half the timeout and shuts Horovod down, failing every
+    rank, once the stall passes the timeout. It looks every half timeout and first moves a stalled step's
+    allreduce out of Horovod's response cache, so the run ends 1.5 to 2.5 timeouts into the stall."""
     seconds = max(2, int(round(timeout_s)))
     return {"HOROVOD_GLOO_TIMEOUT_SECONDS": str(seconds),
             "HOROVOD_STALL_CHECK_TIME_SECONDS": str(seconds // 2),
