@@ -11,6 +11,7 @@ import fcntl
 import os
 import signal
 import socket
+import sys
 import time
 
 EXIT_PREEMPTED = 75
@@ -56,6 +57,14 @@ class Preempted(SystemExit):
     def __init__(self, checkpoint: str):
         super().__init__(EXIT_PREEMPTED)
         self.checkpoint = checkpoint
+
+    def exit_now(self):
+        """Ends the process with 75 at once, skipping Python's, TensorFlow's and Horovod's teardown. Raised, the
+        checkpoint is complete on every process (they met after it), but a launcher may be waiting: horovodrun
+        kills every other rank 5 s after the first one exits, and a loaded machine tears TensorFlow down slower."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_PREEMPTED)
 
 
 class NonFiniteLoss(RuntimeError):

@@ -195,8 +195,12 @@ def main():
         engine = Engine(ShardedMirroredStrategy([f"/cpu:{i}" for i in range(WORKERS)]), "mirrored")
         name = "ref"
     variables = capture_synchronized(engine)
+    from loops.safety import Preempted
     from loops.training import train
-    summary = train(cfg, engine)
+    try:
+        summary = train(cfg, engine)
+    except Preempted as stopped:  # as train.py does
+        stopped.exit_now()
     dump(variables, out / f"vars-{name}.npz")
     print("PROBE " + json.dumps({"name": name, "engine": engine.name, "replicas": engine.num_replicas,
                                  "steps": summary["steps"], "eval_examples": summary.get("eval_examples")}),
