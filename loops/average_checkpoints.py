@@ -13,15 +13,14 @@ from loops.config import AverageConfig  # noqa: E402
 
 def work(cfg: AverageConfig) -> int:
     from loops.averaging import average_checkpoints, describe
-    from loops.offline_evaluation import results_table
+    from loops.offline_evaluation import print_results
     from loops.parallel.distribution import create_engine
 
     engine = create_engine()
     results = average_checkpoints(cfg, engine)
     if engine.is_chief:
         print(describe(results))
-        print(results_table(results))
-        print(f"Results written to {results['results_json']}")
+        print_results(results)
     return 0
 
 

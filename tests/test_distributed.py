@@ -391,6 +391,15 @@ def horovod_stopped_by_signal(tmp_path_factory):
     return out, (out / "horovodrun.log").read_text()
 
 
+def _horovodrun_resume_matches_reference(out, reference, resumed_at):
+    """Relaunches the 2-rank probe on out/run: it resumes at `resumed_at` and ends where the reference ends."""
+    proc = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, PROBE, "worker",
+                           str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"Resuming from \S+" + re.escape(resumed_at), proc.stdout), proc.stdout[-3000:]
+    _check_workers(out, reference, _probe_results(proc.stdout))
+
+
 def _copy_run(stopped, tmp_path):
     import shutil
 
@@ -409,12 +418,8 @@ def test_horovod_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resume
     # Both ranks exit 75 (horovodrun itself then reports the non-zero exits and returns 1).
     assert sorted(re.findall(r"Process (\d) exit with status code (-?\d+)", output)) == [("0", "75"), ("1", "75")]
     assert tf.train.latest_checkpoint(str(stopped / "run")).endswith("ckpt-2")
-    out = _copy_run(stopped, tmp_path)
-    proc = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, PROBE, "worker",
-                           str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(r"Resuming from \S+ckpt-2: epoch 1, example 32 of 48, step 2", proc.stdout), proc.stdout[-3000:]
-    _check_workers(out, reference, _probe_results(proc.stdout))
+    _horovodrun_resume_matches_reference(_copy_run(stopped, tmp_path), reference,
+                                         "ckpt-2: epoch 1, example 32 of 48, step 2")
 
 
 @pytest.mark.slow
@@ -449,11 +454,7 @@ def test_horovodrun_resume_after_a_killed_rank_matches_one_process(tmp_path, ref
     finally:
         _stop([launcher])
     assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("ckpt-3")
-    proc = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, PROBE, "worker",
-                           str(tmp_path)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(r"Resuming from \S+ckpt-3: epoch 2, example 0 of 48, step 3", proc.stdout), proc.stdout[-3000:]
-    _check_workers(tmp_path, reference, _probe_results(proc.stdout))
+    _horovodrun_resume_matches_reference(tmp_path, reference, "ckpt-3: epoch 2, example 0 of 48, step 3")
 
 
 @pytest.mark.slow
@@ -489,10 +490,10 @@ def test_horovod_fp16_allreduce_is_the_fp32_sum_within_float16_rounding(tmp_path
 def test_horovod_stalled_rank_gets_the_stall_warning_and_fails_every_rank_at_the_timeout(tmp_path):
     """Rank 1 stays alive but never submits step 3's allreduce. With --collective_timeout_s 20 Horovod's stall
     inspector warns and shuts Horovod down 30-50 s into the stall (loops.parallel.horovod_engine.horovod_timeouts),
-    which fails rank 0's allreduce; horovodrun then ends rank 1 (SIGTERM, SIGKILL 5 s later). Without scripts/install_horovod.sh's Gloo fix the
-    inspector sees no ranks and the survivor would wait forever. The timeout must exceed the ranks' skew in
-    reaching the first step (tracing it; several seconds on this loaded machine), like any timeout of a
-    collective; depth 0.25 keeps the tracing short."""
+    which fails rank 0's allreduce; horovodrun then ends rank 1 (SIGTERM, SIGKILL 5 s later). Without
+    scripts/install_horovod.sh's Gloo fix the inspector sees no ranks and the survivor would wait forever. The
+    timeout must exceed the ranks' skew in reaching the first step (tracing it; several seconds on this loaded
+    machine), like any timeout of a collective; depth 0.25 keeps the tracing short."""
     launcher = _horovodrun_probe(tmp_path, "worker", tmp_path, "stall_after=2", "timeout=20", "depth=0.25")
     try:
         _wait_for_file(tmp_path / "stalled-1", [launcher], timeout=300)
