@@ -51,7 +51,8 @@ def _pixels(reference_pixels, size):
 def auto_contrast(image, _arg, _seed):
     lo = tf.reduce_min(image, axis=[0, 1], keepdims=True)
     hi = tf.reduce_max(image, axis=[0, 1], keepdims=True)
-    scaled = (image - lo) * 255.0 / tf.maximum(hi - lo, 1e-3)
+    # Clipped: the division can round the top of the range to just above 255 (255.00002 was seen).
+    scaled = tf.clip_by_value((image - lo) * 255.0 / tf.maximum(hi - lo, 1e-3), 0.0, 255.0)
     return tf.where(hi > lo, scaled, image)
 
 

@@ -185,6 +185,9 @@ class Saver:
 
     def write(self, name: str) -> str:
         """The checkpoint as model_dir/name, outside the kept-latest rotation (other workers: the throwaway dir)."""
+        # Created on first use: before any manager save, a written checkpoint would lack the save counter that
+        # every restore creates and then expects to find (evaluate.py would refuse the file).
+        self.checkpoint.save_counter  # noqa: B018
         return self.checkpoint.write(os.path.join(self.directory, name))
 
     def close(self):
