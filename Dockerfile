@@ -39,7 +39,7 @@ ENV PATH="/opt/venv/bin:${PATH}"
 COPY requirements-gpu.txt ./
 RUN pip install --no-cache-dir -r requirements-gpu.txt
 
-# Horovod with NCCL allreduce (its own wheel cache key: 0.28.1+tf2.21.0.nccl). The script is the one the
+# Horovod with NCCL allreduce (its own wheel cache key: 0.28.1+tf2.21.0.patch1.nccl). The script is the one the
 # project documents for GPU machines (docs/horovod.md) and checks horovodrun --check-build at the end.
 COPY scripts/install_horovod.sh scripts/
 RUN PYTHON=/opt/venv/bin/python HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_CUDA_HOME=/usr/local/cuda \

@@ -9,14 +9,13 @@ from loops.config import EvalConfig  # noqa: E402
 
 
 def work(cfg: EvalConfig) -> int:
-    from loops.offline_evaluation import evaluate_checkpoint, results_table
+    from loops.offline_evaluation import evaluate_checkpoint, print_results
     from loops.parallel.distribution import create_engine
 
     engine = create_engine()
     results = evaluate_checkpoint(cfg, engine)
     if engine.is_chief:
-        print(results_table(results))
-        print(f"Results written to {results['results_json']}")
+        print_results(results)
     return 0
 
 

@@ -22,9 +22,13 @@ def work(cfg: TrainConfig) -> int:
 
         run_benchmark(cfg, engine)
     else:
+        from loops.safety import Preempted
         from loops.training import train
 
-        train(cfg, engine)
+        try:
+            train(cfg, engine)
+        except Preempted as stopped:
+            stopped.exit_now()
     return 0
 
 

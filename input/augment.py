@@ -2,8 +2,11 @@
 
 Images are float32 [H, W, 3] in [0, 255]; every random choice is stateless and derived from a [2] seed, so a
 seeded pipeline is reproducible. The operations and their level -> argument mappings follow the
-tensorflow/tpu reference (max level 10); pixel constants of that reference (translate, cutout) were given for
-~224 px images and are scaled with the image size here so small images are not wiped out.
+tensorflow/tpu reference (max level 10). Its pixel constants (translate, cutout) are absolute pixels at any
+image size: they apply as they are from 224 px up (B4 at 380 px shifts by the reference's pixels), are scaled
+down in proportion below 224 px so small images are not wiped out, and a shift never exceeds MAX_SHIFT of the
+image (the reference's own largest share, 250 of 380 px), so no translation empties an image: at 224 px the
+reference's AutoAugment TranslateY level 9 (225 px) would leave nothing but fill.
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import tensorflow as tf
 
 MAX_LEVEL = 10.0
 FILL_VALUE = 128.0
-REFERENCE_SIZE = 224.0
+REFERENCE_SIZE = 224.0  # below it, the reference's pixel constants shrink with the image
+MAX_SHIFT = 250.0 / 380.0  # AutoAugment's largest translation (level 10) over B4's image size
 
 
 def _u(seed, shape=(), lo=0.0, hi=1.0):
@@ -38,11 +42,17 @@ def _signed(value, seed):
     return tf.where(_u(seed) < 0.5, -value, value)
 
 
+def _pixels(reference_pixels, size):
+    """Reference pixels on an image side of `size` px: as they are from REFERENCE_SIZE up, in proportion below."""
+    return reference_pixels * tf.minimum(1.0, tf.cast(size, tf.float32) / REFERENCE_SIZE)
+
+
 # ---------------------------------------------------------------------------------------------- operations
 def auto_contrast(image, _arg, _seed):
     lo = tf.reduce_min(image, axis=[0, 1], keepdims=True)
     hi = tf.reduce_max(image, axis=[0, 1], keepdims=True)
-    scaled = (image - lo) * 255.0 / tf.maximum(hi - lo, 1e-3)
+    # Clipped: the division can round the top of the range to just above 255 (255.00002 was seen).
+    scaled = tf.clip_by_value((image - lo) * 255.0 / tf.maximum(hi - lo, 1e-3), 0.0, 255.0)
     return tf.where(hi > lo, scaled, image)
 
 
@@ -122,19 +132,24 @@ def shear_y(image, level, seed):
     return _transform(image, [1.0, 0.0, 0.0, _signed(level, seed), 1.0, 0.0, 0.0, 0.0])
 
 
-def translate_x(image, fraction, seed):
-    px = _signed(fraction, seed) * tf.cast(tf.shape(image)[1], tf.float32)
+def _shift(pixels, size, seed):
+    size = tf.cast(size, tf.float32)
+    return _signed(tf.minimum(_pixels(pixels, size), MAX_SHIFT * size), seed)
+
+
+def translate_x(image, pixels, seed):
+    px = _shift(pixels, tf.shape(image)[1], seed)
     return _transform(image, [1.0, 0.0, -px, 0.0, 1.0, 0.0, 0.0, 0.0])
 
 
-def translate_y(image, fraction, seed):
-    px = _signed(fraction, seed) * tf.cast(tf.shape(image)[0], tf.float32)
+def translate_y(image, pixels, seed):
+    px = _shift(pixels, tf.shape(image)[0], seed)
     return _transform(image, [1.0, 0.0, 0.0, 0.0, 1.0, -px, 0.0, 0.0])
 
 
-def cutout(image, fraction, seed):
+def cutout(image, pixels, seed):
     h, w = tf.shape(image)[0], tf.shape(image)[1]
-    pad = tf.cast(fraction * tf.cast(tf.minimum(h, w), tf.float32), tf.int32)
+    pad = tf.cast(_pixels(pixels, tf.minimum(h, w)), tf.int32)
     cy = tf.random.stateless_uniform([], seed, 0, h, dtype=tf.int32)
     cx = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, 1), 0, w, dtype=tf.int32)
     ys, xs = tf.range(h)[:, None], tf.range(w)[None, :]
@@ -149,7 +164,7 @@ def _enhance(level):
 
 
 def _op_table(translate_px: float, cutout_px: float):
-    """name -> (op, level -> argument). translate_px / cutout_px are reference pixels at 224 px."""
+    """name -> (op, level -> argument). translate_px / cutout_px: the reference's pixels at level 10."""
     return {
         "AutoContrast": (auto_contrast, lambda level: 0.0),
         "Equalize": (equalize, lambda level: 0.0),
@@ -164,9 +179,9 @@ def _op_table(translate_px: float, cutout_px: float):
         "Sharpness": (sharpness, _enhance),
         "ShearX": (shear_x, lambda level: level / MAX_LEVEL * 0.3),
         "ShearY": (shear_y, lambda level: level / MAX_LEVEL * 0.3),
-        "TranslateX": (translate_x, lambda level: level / MAX_LEVEL * translate_px / REFERENCE_SIZE),
-        "TranslateY": (translate_y, lambda level: level / MAX_LEVEL * translate_px / REFERENCE_SIZE),
-        "Cutout": (cutout, lambda level: level / MAX_LEVEL * cutout_px / REFERENCE_SIZE),
+        "TranslateX": (translate_x, lambda level: level / MAX_LEVEL * translate_px),
+        "TranslateY": (translate_y, lambda level: level / MAX_LEVEL * translate_px),
+        "Cutout": (cutout, lambda level: level / MAX_LEVEL * cutout_px),
     }
 
 

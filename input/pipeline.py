@@ -189,9 +189,13 @@ def _augmenter(name: str, num_layers: int, magnitude: float):
 
 
 def train_dataset(info: DatasetInfo, cfg: DataConfig, aug: AugmentConfig, *, batch_size: int, image_size: int,
-                  input_context=None, seed: int | None = None, preprocess: Preprocessing = REFERENCE
-                  ) -> tf.data.Dataset:
-    """Infinite batches of (images float32 [B,S,S,3] in [0,255], labels float32 one-hot [B,C]); B per replica."""
+                  input_context=None, seed: int | None = None, skip_examples: int = 0,
+                  preprocess: Preprocessing = REFERENCE) -> tf.data.Dataset:
+    """Infinite batches of (images float32 [B,S,S,3] in [0,255], labels float32 one-hot [B,C]); B per replica.
+
+    The example order (and each example's augmentation) depends on the seed and the input context, not on the
+    batch size; skip_examples starts the stream that far in, so a run resumed with another batch size continues
+    where it stopped (examples are skipped before they are augmented)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     records = train_records(info, cfg, image_size=image_size, input_context=input_context, seed=seed,
@@ -201,7 +205,7 @@ def train_dataset(info: DatasetInfo, cfg: DataConfig, aug: AugmentConfig, *, bat
     if aug.augmenter_name:
         augmenter = _augmenter(aug.augmenter_name, aug.raug_num_layers, aug.raug_magnitude)
 
-    ds = records.shuffle(shuffle_buffer_size(info, image_size), seed=seed)
+    ds = records.shuffle(shuffle_buffer_size(info, image_size), seed=seed).skip(skip_examples)
     if augmenter is not None:
         ds = ds.map(lambda img, lab, s: (augmenter(img, tf.random.experimental.stateless_fold_in(s, 7)), lab),
                     num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
@@ -211,6 +215,7 @@ def train_dataset(info: DatasetInfo, cfg: DataConfig, aug: AugmentConfig, *, bat
     ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, lab: (x, tf.one_hot(lab, num_classes)))
     if aug.mixing and not aug.defer_img_mixing:
         mix_seeds = tf.data.Dataset.random(seed=None if seed is None else seed + 1).batch(2)
+        mix_seeds = mix_seeds.skip(skip_examples // batch_size)
         ds = tf.data.Dataset.zip((ds, mix_seeds)).map(
             lambda b, s: mixing.mix_batch(b[0], b[1], mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha,
                                           seed=s),

@@ -163,6 +163,10 @@ class TrainConfig(PrecisionSettings):
     max_bad_steps: int = setting(20, "Stop after this many consecutive steps with a non-finite loss.",
                                  rule=POSITIVE)
     keep_checkpoints: int = setting(3, "Checkpoints kept in --model_dir.", rule=POSITIVE)
+    keep_best_checkpoints: int = setting(
+        0, "Also keep the N checkpoints with the best evaluation top-1 (raw or EMA weights, whichever scored "
+           "higher) as best-<step> in --model_dir, listed in best_checkpoints.json and summary.json "
+           "(--mode train_and_eval; average them with `python -m loops.average_checkpoints`).", rule=NON_NEGATIVE)
     log_steps: int = setting(100, "Steps between logged training metrics (the host reads them only then).",
                              rule=POSITIVE)
     seed: int = setting(0, "Random seed of weights, data order and augmentation.")
@@ -173,8 +177,11 @@ class TrainConfig(PrecisionSettings):
     hvd_fp16_allreduce: bool = setting(False, "Horovod: send gradients as float16 in the allreduce.")
     collective_timeout_s: float | None = setting(
         None, "Seconds a cross-worker collective may wait before failing (TF_CONFIG workers: "
-              "CommunicationOptions timeout; Horovod: HOROVOD_GLOO_TIMEOUT_SECONDS). Default: no bound for "
-              "TF_CONFIG, Gloo's 30 s for Horovod.", rule=POSITIVE)
+              "CommunicationOptions timeout; Horovod: HOROVOD_GLOO_TIMEOUT_SECONDS for a frozen rank, and for a "
+              "stalled one the stall inspector's warning at half of it and shutdown at it, which ends the run 1.5-2.5 "
+              "timeouts into the stall). Keep it above the workers' largest skew (tracing the first step, the "
+              "chief's checkpoint writes). Default: no bound for TF_CONFIG; for Horovod Gloo's 30 s and a stall "
+              "warning every 60 s without shutdown.", rule=POSITIVE)
     benchmark: BenchmarkSettings = group(BenchmarkSettings)
     # warm start (loops.warm_start) and fine-tuning (loops.freezing)
     init_checkpoint: str | None = setting(
@@ -239,6 +246,8 @@ class TrainConfig(PrecisionSettings):
                 "needs EMA weights, but --moving_average_decay=0 disables them")
         require(self.mode == "inference_benchmark" or self.benchmark.backends == ("tf",), "benchmark_backends",
                 ",".join(self.benchmark.backends), "only applies to --mode inference_benchmark")
+        require(not self.keep_best_checkpoints or self.mode == "train_and_eval", "keep_best_checkpoints",
+                self.keep_best_checkpoints, f"needs evaluations: --mode train_and_eval, not {self.mode}")
 
     def _validate_fine_tuning(self, params):
         for name in ("init_checkpoint_replace_head", "init_checkpoint_exclude", "init_checkpoint_normalization"):
@@ -286,14 +295,37 @@ def weights_to_evaluate(choice: str) -> tuple[str, ...]:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class EvalConfig(PrecisionSettings, CheckpointSettings):
-    """evaluate.py: a checkpoint's raw and/or EMA weights over an evaluation set."""
+class EvaluationSettings(Settings):
+    """The evaluation set and how it is fed (evaluate.py, loops.average_checkpoints)."""
 
     data: DataConfig = group(DataConfig)
     preprocess: EvalPreprocessing = group(EvalPreprocessing)
-    weights: str = setting("both", "Which weights to evaluate: the raw trained ones, their exponential moving "
-                                   "average, or both (reporting each and the better).", choices=EVAL_WEIGHTS)
     eval_batch_size: int = setting(32, "Evaluation batch size per replica.", rule=POSITIVE)
     eval_img_size: int | None = setting(None, "Evaluation image size (default: the run's, from run_spec.json).",
                                         rule=POSITIVE)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig(PrecisionSettings, CheckpointSettings, EvaluationSettings):
+    """evaluate.py: a checkpoint's raw and/or EMA weights over an evaluation set."""
+
+    weights: str = setting("both", "Which weights to evaluate: the raw trained ones, their exponential moving "
+                                   "average, or both (reporting each and the better).", choices=EVAL_WEIGHTS)
     output: str | None = setting(None, "Where the results JSON goes (default: <model_dir>/eval-<ckpt-N>.json).")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AverageConfig(PrecisionSettings, EvaluationSettings):
+    """python -m loops.average_checkpoints: several checkpoints' weights averaged into one, then evaluated."""
+
+    ckpts: tuple[str, ...] = setting(
+        (), "Checkpoints to average: prefixes (model_dir/best-N, model_dir/ckpt-N), or a model_dir for the best "
+            "checkpoints train.py kept there (--keep_best_checkpoints, best_checkpoints.json).", parse=tuple)
+    weights: str | None = setting(None, "Which weights of each checkpoint to average (default: ema when every "
+                                        "checkpoint holds EMA weights, else raw).", choices=("raw", "ema"))
+    output: str | None = setting(None, "Directory of the averaged checkpoint, with its run_spec.json and "
+                                       "evaluation (default: <model_dir of the first checkpoint>/averaged).")
+
+    def validate(self):
+        super().validate()
+        required(self.ckpts, "ckpts", "checkpoint prefixes or a model_dir")

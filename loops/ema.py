@@ -28,13 +28,16 @@ class ExponentialMovingAverage(tf.Module):
         t = tf.cast(step, tf.float32)
         return tf.minimum(self.decay, (1.0 + t) / (10.0 + t))
 
-    def update(self, step):
-        """Called in cross-replica context after update number `step` (1 after the first update)."""
+    def update(self, step, applied=None):
+        """Called in cross-replica context after update number `step` (1 after the first update). `applied`: a
+        boolean tensor, False when the step skipped its update (fp16 overflow); the shadows then stay as they are."""
         with tf.name_scope("ema"):  # so profiles (loops/bench/profiling.py) can tell its ops apart
             decay = self.decay_at(step)
 
             def average(shadow, weight):
-                return shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(weight, shadow.dtype))
+                d = tf.cast(decay, shadow.dtype)
+                averaged = d * shadow + (1.0 - d) * tf.cast(weight, shadow.dtype)
+                return shadow.assign(averaged if applied is None else tf.where(applied, averaged, shadow))
 
             for i in self._followed:
                 self._strategy.extended.update(self.shadows[i], average, args=(self._weights[i],), group=False)

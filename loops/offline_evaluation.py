@@ -66,6 +66,12 @@ def evaluate_checkpoint(cfg: EvalConfig, engine: Engine) -> dict:
     return results
 
 
+def print_results(results: dict):
+    """What evaluate.py (and loops.average_checkpoints) print: the table and where the JSON went."""
+    print(results_table(results))
+    print(f"Results written to {results['results_json']}")
+
+
 def results_table(results: dict) -> str:
     """One row per metric, one column per evaluated weight set."""
     columns = [("raw", "")] if results["weights"] in ("raw", "both") else []

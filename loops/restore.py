@@ -12,9 +12,9 @@ import re
 import keras
 import tensorflow as tf
 
-from loops.checkpoints import RUN_SPEC, RunSpec, make_checkpoint, resolve_checkpoint
+from loops.checkpoints import (READ_ERRORS, RUN_SPEC, DamagedCheckpoint, RunSpec, damage_report, kept_checkpoints,
+                               make_checkpoint, read_checkpoint, resolve_checkpoint)
 from loops.ema import ExponentialMovingAverage
-
 
 
 @dataclasses.dataclass
@@ -42,9 +42,10 @@ def checkpoint_has_ema(path: str) -> bool:
 
 
 def restore(ckpt: str, strategy: tf.distribute.Strategy | None = None, with_ema: bool = True) -> Restored:
-    """ckpt: a checkpoint prefix (model_dir/ckpt-N) or a model_dir (its latest checkpoint).
+    """ckpt: a checkpoint prefix (model_dir/ckpt-N, model_dir/best-N) or a model_dir (its latest checkpoint).
 
-    Raises FileNotFoundError naming --ckpt when there is no checkpoint or no run_spec.json beside it.
+    Raises FileNotFoundError naming --ckpt when there is no checkpoint or no run_spec.json beside it, and
+    DamagedCheckpoint (a ValueError) naming the unreadable file and the other checkpoints kept beside it.
     """
     try:
         path = resolve_checkpoint(ckpt)
@@ -56,12 +57,19 @@ def restore(ckpt: str, strategy: tf.distribute.Strategy | None = None, with_ema:
         raise FileNotFoundError(f"--ckpt {ckpt}: no {RUN_SPEC} in {model_dir}; it is written by train.py next to "
                                 f"the checkpoints and says which network to rebuild")
     strategy = strategy or tf.distribute.get_strategy()
-    load_ema = with_ema and checkpoint_has_ema(path)
-    with strategy.scope():
-        model = spec.build_model()
-        # The decay is irrelevant here: shadows are only restored and swapped in, never updated.
-        ema = ExponentialMovingAverage(model, 0.5, strategy) if load_ema else None
-    status = make_checkpoint(model, ema=ema).restore(path)
+    try:
+        load_ema = with_ema and checkpoint_has_ema(path)
+        with strategy.scope():
+            model = spec.build_model()
+            # The decay is irrelevant here: shadows are only restored and swapped in, never updated.
+            ema = ExponentialMovingAverage(model, 0.5, strategy) if load_ema else None
+        status = read_checkpoint(make_checkpoint(model, ema=ema), path)
+    except (DamagedCheckpoint, *READ_ERRORS) as e:
+        others = [os.path.basename(p) for p in kept_checkpoints(model_dir) if p != path]
+        reason = str(e) if isinstance(e, DamagedCheckpoint) else damage_report(path, e)
+        raise DamagedCheckpoint(f"--ckpt {ckpt}: {reason}; "
+                                + (f"other checkpoints in {model_dir}: {', '.join(others)}" if others
+                                   else "no other checkpoint is kept beside it")) from None
     try:
         # Every model (and shadow) variable must come from the file; the optimizer slots may stay behind.
         status.assert_existing_objects_matched()

@@ -3,7 +3,9 @@
 Train step, per replica: split the batch into k micro-batches; forward/backward each (the part XLA
 compiles); sum their gradients; agree across replicas whether they are finite (fp16 only); apply once
 (Keras sums gradients across replicas in `apply`: one reduction per update); then, across replicas, update
-the EMA shadows.
+the EMA shadows. A skipped fp16 step (non-finite gradients) leaves everything as it was: the weights (Keras's
+LossScaleOptimizer), the BatchNorm moving statistics its forward pass updated (restored here) and the EMA.
+The loss and top-1 sums and every process's stop flag (loops.progress) travel in one reduction.
 """
 
 from __future__ import annotations
@@ -41,9 +43,19 @@ def deferred_mixing_seed(seed: int, iterations) -> tf.Tensor:
     return tf.stack([tf.constant(seed, tf.int64) * 1_000_003 + replica, tf.cast(iterations, tf.int64)])
 
 
+def moving_statistics(model: keras.Model) -> list:
+    return [w for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+            for w in layer.non_trainable_weights]
+
+
+def loss_dtype(dtype) -> tf.DType:
+    """float32 for half-precision logits (mixed precision); float64 stays float64 (numerical checks)."""
+    return tf.float64 if tf.as_dtype(dtype) == tf.float64 else tf.float32
+
+
 def make_train_step(state: TrainState, cfg: TrainConfig, *, mixup_alpha: float, cutmix_alpha: float):
-    """Returns train_step(iterator) -> {"loss", "top1"} averaged over the update's examples (tensors: nothing
-    waits for the step to finish until they are read)."""
+    """Returns train_step(iterator) -> {"loss", "top1"} averaged over the update's examples, and "stop" (> 0 when
+    any process was asked to stop); tensors: nothing waits for the step to finish until they are read."""
     model, optimizer, engine = state.model, state.optimizer, state.engine
     k = cfg.grad_accum_steps
     replicas = engine.num_replicas
@@ -53,28 +65,36 @@ def make_train_step(state: TrainState, cfg: TrainConfig, *, mixup_alpha: float, 
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     defer_mixing = cfg.augment.defer_img_mixing and (mixup_alpha > 0 or cutmix_alpha > 0)
 
+    # The BatchNorm moving statistics, which the forward pass updates before anyone knows whether the step is kept.
+    statistics = moving_statistics(model) if loss_scaled else []
+
     def forward_backward(images, labels):
         with tf.GradientTape() as tape:
-            logits = tf.cast(model(images, training=True), tf.float32)
+            logits = model(images, training=True)
+            logits = tf.cast(logits, loss_dtype(logits.dtype))
             per_example = keras.losses.categorical_crossentropy(
-                labels, logits, from_logits=True, label_smoothing=cfg.label_smoothing)
+                tf.cast(labels, logits.dtype), logits, from_logits=True, label_smoothing=cfg.label_smoothing)
             # Scaled so that summing over k micro-batches and all replicas gives the mean over the update.
             data_loss = tf.reduce_sum(per_example) / (micro_global * k)
             loss = data_loss
             if decayed and cfg.weight_decay > 0:
-                loss += l2_penalty(decayed, cfg.weight_decay) / (replicas * k)
+                loss += tf.cast(l2_penalty(decayed, cfg.weight_decay), loss.dtype) / (replicas * k)
             if loss_scaled:
                 loss = optimizer.scale_loss(loss)
         grads = tape.gradient(loss, variables)
         correct = _top_k_correct(tf.argmax(labels, -1), logits, 1)
-        return grads, tf.reduce_sum(per_example), correct
+        return grads, tf.cast(tf.reduce_sum(per_example), tf.float32), correct
 
     if cfg.use_xla:
         # Only the per-replica math is compiled; the gradient reduction stays outside XLA. Without XLA the
         # function is inlined: a nested tf.function cannot hold synchronized BatchNorm's cross-replica sums.
         forward_backward = tf.function(forward_backward, jit_compile=True)
 
+    progress = state.progress
+
     def replica_step(images, labels):
+        # Read before the forward pass moves them (automatic control dependencies keep the order).
+        statistics_before = [tf.identity(v.value) for v in statistics]
         if defer_mixing:
             images, labels = mix_batch(images, labels, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
                                        seed=deferred_mixing_seed(cfg.seed, optimizer.iterations))
@@ -92,27 +112,35 @@ def make_train_step(state: TrainState, cfg: TrainConfig, *, mixup_alpha: float, 
                 loss_sum += micro_loss
                 correct += micro_correct
         grads = engine.reduce_gradients(grads)
+        finite = tf.constant(True)
         if loss_scaled:
             # Every replica sees the same verdict, so all skip (and lower the scale) or all apply together.
             finite = engine.all_finite(grads)
             grads = [tf.where(finite, g, tf.fill(tf.shape(g), float("nan"))) for g in grads]
         optimizer.apply(grads, variables)
-        return loss_sum, correct
+        for v, before in zip(statistics, statistics_before):
+            v.assign(tf.where(finite, v.value, before))
+        stop = progress.stop_flag.read_value() if progress is not None else tf.constant(0.0)
+        return tf.stack([loss_sum, correct, stop]), finite
 
     strategy = engine.strategy
-    examples = float(micro_global * k)
+    examples = micro_global * k
 
     @tf.function
     def train_step(iterator):
         images, labels = next(iterator)
-        loss_sum, correct = strategy.run(replica_step, args=(images, labels))
+        sums, finite = strategy.run(replica_step, args=(images, labels))
         if state.ema is not None:
-            state.ema.update(optimizer.iterations)
-        sums = engine.reduce_sums({"loss": strategy.reduce(tf.distribute.ReduceOp.SUM, loss_sum, axis=None),
-                                   "top1": strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)})
-        metrics = {key: value / examples for key, value in sums.items()}
-        if state.progress is not None:
-            state.progress.count(metrics)
+            # A skipped update leaves the shadows alone too (all replicas share the verdict).
+            applied = strategy.experimental_local_results(finite)[0] if loss_scaled else None
+            state.ema.update(optimizer.iterations, applied=applied)
+        sums = strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+        sums = engine.reduce_sums({"loss": sums[0], "top1": sums[1], "stop": sums[2]})
+        metrics = {"loss": sums["loss"] / examples, "top1": sums["top1"] / examples,
+                   # > 0 when any process of the run was asked to stop (the same value on every process).
+                   "stop": sums["stop"]}
+        if progress is not None:
+            progress.count(metrics, examples)
         return metrics
 
     return train_step

@@ -25,7 +25,7 @@ from loops.evaluation import evaluate_all
 from loops.optimization import create_optimizer, global_batch_size, learning_rate_schedule
 from loops.parallel.distribution import Engine
 from loops.precision import set_precision
-from loops.progress import Progress
+from loops.progress import Progress, RunShape
 from loops.reporting import Reporter, table
 from loops.safety import CheckpointWriteError, ModelDirLock, NonFiniteLoss, Preempted, StopRequest
 from loops.steps import TrainState, make_eval_step, make_train_step
@@ -42,8 +42,10 @@ class Run:
     state: TrainState
     saver: checkpoints.Saver
     steps_per_epoch: int
+    shape: RunShape
     reporter: Reporter
     lock: ModelDirLock | None
+    best: checkpoints.BestCheckpoints
 
     @property
     def progress(self) -> Progress:
@@ -91,29 +93,36 @@ def _build_run(cfg: TrainConfig, engine: Engine, lock: ModelDirLock | None) -> R
         raise ValueError(f"the global batch of {global_batch} (--train_batch_size={cfg.train_batch_size} x "
                          f"{engine.num_replicas} replicas x --grad_accum_steps={cfg.grad_accum_steps}) is larger "
                          f"than the {info.num_train_examples} training examples of {info.description}")
-    latest = tf.train.latest_checkpoint(cfg.model_dir)
+    shape = RunShape(cfg.train_batch_size, engine.num_replicas, cfg.grad_accum_steps, engine.num_workers,
+                     steps_per_epoch)
+    progress = Progress(engine.strategy)
     with engine.strategy.scope():
         model = spec.build_model()
-        # Before the optimizer and the EMA exist: their slots and shadows start from these weights.
-        warm_start.initialize(model, cfg, engine, reporter, resuming_from=latest)
+        # Before the optimizer and the EMA exist: their slots and shadows start from these weights. Any
+        # checkpoint in model_dir makes this a resume, which the init file must not overwrite.
+        warm_start.initialize(model, cfg, engine, reporter,
+                              resuming_from=tf.train.latest_checkpoint(cfg.model_dir))
         _freeze(model, cfg, reporter)
-        optimizer = create_optimizer(cfg, learning_rate_schedule(cfg, engine.num_replicas, steps_per_epoch))
+        # The schedule runs on the example clock, so a resume with another global batch continues it.
+        schedule = learning_rate_schedule(cfg, engine.num_replicas, steps_per_epoch)
+        optimizer = create_optimizer(cfg, progress.on_clock(schedule, shape))
         optimizer.build(model.trainable_variables)
         ema = ExponentialMovingAverage(model, cfg.moving_average_decay, engine.strategy) if cfg.use_ema else None
-    progress = Progress(engine.strategy)
-    checkpoint = checkpoints.make_checkpoint(model, optimizer, ema, epoch=progress.epoch,
-                                             batch_in_epoch=progress.batch_in_epoch)
+    checkpoint = checkpoints.make_checkpoint(model, optimizer, ema, **progress.checkpointed())
+    latest = checkpoints.restore_newest_intact(checkpoint, cfg.model_dir, set_aside=engine.is_chief,
+                                               say=reporter.say)
     saver = checkpoints.Saver(checkpoint, cfg.model_dir, engine.is_chief, cfg.keep_checkpoints)
+    best = checkpoints.BestCheckpoints(saver, cfg.model_dir, cfg.keep_best_checkpoints, engine.is_chief)
+    engine.synchronize(list(model.weights) + list(optimizer.variables) + list(progress.checkpointed().values())
+                       + (list(ema.shadows) if ema else []) + ([best.scores] if best.scores is not None else []))
+    best.adopt_synchronized()
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        reporter.say(f"Resuming from {latest}: epoch {int(progress.epoch.numpy()) + 1}, batch "
-                     f"{int(progress.batch_in_epoch.numpy())}, step {int(optimizer.iterations.numpy())}")
-    engine.synchronize(list(model.weights) + list(optimizer.variables) + [progress.epoch, progress.batch_in_epoch]
-                       + (list(ema.shadows) if ema else []))
+        reporter.say(_resume_note(latest, progress, shape, int(optimizer.iterations.numpy())))
+    progress.record_shape(shape)
     if engine.is_chief:
         spec.save(cfg.model_dir)
     state = TrainState(model=model, optimizer=optimizer, ema=ema, engine=engine, progress=progress)
-    return Run(cfg, engine, info, spec, state, saver, steps_per_epoch, reporter, lock)
+    return Run(cfg, engine, info, spec, state, saver, steps_per_epoch, shape, reporter, lock, best)
 
 
 def _freeze(model: keras.Model, cfg: TrainConfig, reporter: Reporter):
@@ -134,7 +143,27 @@ def _decide_preprocessing(cfg: TrainConfig, info: data.DatasetInfo, reporter: Re
     return preprocessing
 
 
-def _train_dataset(run: Run, stage: staging.Stage, epoch: int, skip_batches: int = 0):
+def _resume_note(latest: str, progress: Progress, shape: RunShape, step: int) -> str:
+    """Where the run resumes, and what changed if the checkpoint was written with another shape (one line)."""
+    epoch, position = int(progress.epoch.numpy()), int(progress.examples_in_epoch.numpy())
+    note = f"Resuming from {latest}: epoch {epoch + 1}, example {position} of {shape.epoch_examples}, step {step}"
+    saved = progress.saved_shape()
+    changes = shape.changes_from(saved) if saved else []
+    if not changes:
+        return note
+    note += (f". The run shape changed ({', '.join(changes)}; global batch {saved.global_batch} -> "
+             f"{shape.global_batch}): training continues on the same example clock, with the learning rate of the "
+             "new global batch")
+    if position >= shape.epoch_examples:
+        note += f"; epoch {epoch + 1} is already complete at this shape"
+    elif position and saved.input_pipelines != shape.input_pipelines:
+        note += (f"; the rest of epoch {epoch + 1} is read from the new workers' shards, so a few of its examples "
+                 "may be seen twice or not at all (later epochs are whole)")
+    return note
+
+
+def _train_dataset(run: Run, stage: staging.Stage, epoch: int, *, skip_examples: int, steps: int):
+    """The epoch's batches after its first skip_examples (across all workers), for `steps` steps."""
     cfg = run.cfg
     aug = dataclasses.replace(cfg.augment, raug_magnitude=stage.raug_magnitude, mixup_alpha=stage.mixup_alpha,
                               cutmix_alpha=stage.cutmix_alpha)
@@ -142,14 +171,16 @@ def _train_dataset(run: Run, stage: staging.Stage, epoch: int, skip_batches: int
 
     def dataset_fn(ctx: tf.distribute.InputContext):
         ctx = run.engine.input_context(ctx)
-        # One pipeline per epoch, seeded by the epoch: a resumed run replays exactly the same batches.
+        # One pipeline per epoch, seeded by the epoch, whose example order does not depend on the batch size: a
+        # resumed run (with the same number of workers) continues exactly where the checkpoint left the epoch.
         ds = data.train_dataset(run.info, cfg.data, aug,
                                 batch_size=ctx.get_per_replica_batch_size(global_batch) * cfg.grad_accum_steps,
                                 image_size=stage.image_size, input_context=ctx,
-                                seed=cfg.seed * 1_000_003 + epoch, preprocess=run.spec.preprocessing)
+                                seed=cfg.seed * 1_000_003 + epoch, preprocess=run.spec.preprocessing,
+                                skip_examples=skip_examples // ctx.num_input_pipelines)
         # One pipeline feeds every replica of its worker, one batch each per step.
         per_step = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-        return ds.take(run.steps_per_epoch * per_step).skip(skip_batches * per_step)
+        return ds.take(steps * per_step)
 
     return run.engine.strategy.distribute_datasets_from_function(dataset_fn)
 
@@ -157,7 +188,7 @@ def _train_dataset(run: Run, stage: staging.Stage, epoch: int, skip_batches: int
 def train(cfg: TrainConfig, engine: Engine) -> dict:
     """Runs cfg.mode; returns the final summary (also written to model_dir/summary.json).
 
-    Raises Preempted (exit code 75) after checkpointing when SIGTERM/SIGUSR1 arrives, NonFiniteLoss after
+    Raises Preempted (exit code 75) after checkpointing when SIGTERM/SIGUSR1 reaches any process, NonFiniteLoss after
     --max_bad_steps consecutive non-finite losses, CheckpointWriteError when model_dir cannot be written.
     """
     run = build_run(cfg, engine)
@@ -189,7 +220,8 @@ def _run(run: Run, stop: StopRequest) -> dict:
 
     plan = staging.plan_stages(cfg)
     start_epoch = int(run.progress.epoch.numpy())
-    images_seen, train_seconds = 0, 0.0
+    images_seen, train_seconds, last = 0, 0.0, {}
+    agreement = _StopAgreement(run, stop)
     wall_start = time.time()
     for stage in plan:
         if stage.end_epoch <= start_epoch:
@@ -197,23 +229,28 @@ def _run(run: Run, stop: StopRequest) -> dict:
         train_step = make_train_step(run.state, cfg, mixup_alpha=stage.mixup_alpha,
                                      cutmix_alpha=stage.cutmix_alpha)
         for epoch in range(max(stage.first_epoch, start_epoch), stage.end_epoch):
-            seen, seconds, last = _train_epoch(run, train_step, stage, epoch, stop)
+            seen, seconds, logged = _train_epoch(run, train_step, stage, epoch, agreement)
             images_seen += seen
             train_seconds += seconds
+            last = logged or last
             run.progress.start_epoch(epoch + 1)
             done = epoch + 1 == cfg.max_epochs
+            saved = None
             if (epoch + 1) % cfg.save_checkpoint_freq == 0 or done:
-                reporter.say(f"Saved {run.save()}")
+                saved = run.save()
+                reporter.say(f"Saved {saved}")
             if cfg.mode == "train_and_eval" and ((epoch + 1) % cfg.epochs_between_evals == 0 or done):
+                step = int(optimizer.iterations.numpy())
                 metrics = _evaluate(run, eval_step)
-                reporter.record("eval", int(optimizer.iterations.numpy()), {"epoch": epoch + 1, **metrics})
+                reporter.record("eval", step, {"epoch": epoch + 1, **metrics})
                 reporter.say(table({k: v for k, v in metrics.items() if "latency" not in k},
                                    f"Evaluation after epoch {epoch + 1}"))
                 summary.update(metrics)
-            if stop.requested and not done:
-                path = run.save()
-                reporter.say(f"Stopped by {stop.signal_name} after epoch {epoch + 1}; saved {path}")
-                raise Preempted(path)
+                best = run.best.consider(step, epoch + 1, metrics)
+                if best:
+                    reporter.say(f"Kept {best} among the {cfg.keep_best_checkpoints} best by evaluation top-1")
+            if agreement.agreed and not done:
+                _stop_here(run, agreement, saved)
     if images_seen:
         summary.update({
             "train_loss": last["loss"], "train_accuracy_top_1": last["top1"],
@@ -223,7 +260,52 @@ def _run(run: Run, stop: StopRequest) -> dict:
         })
     summary["epochs"] = int(run.progress.epoch.numpy())
     summary["steps"] = int(optimizer.iterations.numpy())
+    summary["examples_seen"] = int(run.progress.examples_seen.numpy())
+    if run.best.entries and engine.is_chief:
+        summary["best_checkpoints"] = run.best.entries
     return _finish(run, summary)
+
+
+class _StopAgreement:
+    """Whether the run stops now, the same answer on every process. One process asks its own StopRequest; with
+    several (TF_CONFIG workers, Horovod ranks) a signal may reach only one of them, so each process raises its
+    stop flag, every train step sums the flags of all processes (loops.steps), and all read that sum after
+    every step: they stop after the same step."""
+
+    def __init__(self, run: Run, stop: StopRequest):
+        self.run, self.stop = run, stop
+        self.several = run.engine.num_workers > 1
+        self._flagged = self._agreed = False
+
+    def after_step(self, metrics: dict):
+        if self.stop.requested and not self._flagged:
+            self.run.progress.stop_flag.assign(1.0)  # summed by the next step
+            self._flagged = True
+        if self.several:
+            self._agreed = float(metrics["stop"]) > 0
+
+    @property
+    def agreed(self) -> bool:
+        return self._agreed if self.several else self.stop.requested
+
+    @property
+    def cause(self) -> str:
+        return self.stop.signal_name or "a stop signal to another worker"
+
+
+def _stop_here(run: Run, agreement: _StopAgreement, saved: str | None = None, *, mid_epoch: bool = False):
+    """Checkpoint (unless `saved` already holds this step), say so on every process, wait until every process
+    got here (so the chief's checkpoint is complete before any process exits) and exit 75."""
+    path = saved or run.save()
+    step = int(run.state.optimizer.iterations.numpy())
+    if run.engine.is_chief:
+        # Mid-epoch, the progress bar's line is still open.
+        run.reporter.say(("\n" if mid_epoch else "") + f"Stopped by {agreement.cause} at step {step}; saved {path}")
+    else:
+        print(f"Worker {run.engine.worker_index}: stopped by {agreement.cause} at step {step} with the chief's "
+              "checkpoint", flush=True)
+    run.engine.barrier()
+    raise Preempted(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,27 +313,32 @@ class Tick:
     """One step done, as the periodic actions see it."""
 
     position: int  # steps done in this epoch
-    step: int  # optimizer updates since the run began
+    step: int  # train steps since the run began (optimizer updates, unless fp16 skipped some this epoch)
     last: bool  # the epoch's last step (its checkpoint and log are the epoch loop's)
-    metrics: dict  # the step's loss and top-1 as tensors, read only by an action that needs them
+    metrics: dict  # the step's loss, top-1 and stop sum as tensors, read only by an action that needs them
 
 
-def _train_epoch(run: Run, train_step, stage: staging.Stage, epoch: int, stop: StopRequest):
+def _train_epoch(run: Run, train_step, stage: staging.Stage, epoch: int, agreement: _StopAgreement):
     """One epoch (or its rest, after a mid-epoch resume); returns (images timed, seconds timed, last logged
     metrics). Timing starts after the first step, which pays for tracing and filling the input pipeline."""
-    first = int(run.progress.batch_in_epoch.numpy())
-    run.progress.start_epoch(epoch, first)
+    position_in_examples = int(run.progress.examples_in_epoch.numpy())
+    first = run.shape.steps_done(position_in_examples)
+    run.progress.start_epoch(epoch, position_in_examples)
+    if first == run.steps_per_epoch:  # already complete (a resume with a shorter epoch at this shape)
+        return 0, 0.0, {}
+    first_step = int(run.state.optimizer.iterations.numpy())
     bar = run.reporter.progress_bar(run.steps_per_epoch, f"Epoch {epoch + 1}/{run.cfg.max_epochs} "
                                     f"(stage {stage.index + 1}/{run.cfg.n_stages}, {stage.image_size} px)")
-    clock = _Clock(global_batch_size(run.cfg, run.engine.num_replicas), first_position=first + 1)
+    clock = _Clock(run.shape.global_batch, first_position=first + 1)
     log = _Log(run, epoch, bar, clock)
-    actions = [_stop_when_requested(run, stop), _non_finite_check(run, epoch), _step_checkpoints(run), log]
-    iterator = iter(_train_dataset(run, stage, epoch, skip_batches=first))
+    actions = [_stop_when_requested(run, agreement), _non_finite_check(run, epoch), _step_checkpoints(run), log]
+    iterator = iter(_train_dataset(run, stage, epoch, skip_examples=position_in_examples,
+                                   steps=run.steps_per_epoch - first))
     for position in range(first + 1, run.steps_per_epoch + 1):
         metrics = train_step(iterator)
         if position == first + 1:
             clock.start(metrics)
-        tick = Tick(position, epoch * run.steps_per_epoch + position, position == run.steps_per_epoch, metrics)
+        tick = Tick(position, first_step + position - first, position == run.steps_per_epoch, metrics)
         for action in actions:
             action(tick)
     run.reporter.record("epoch", int(run.state.optimizer.iterations.numpy()),
@@ -285,14 +372,14 @@ class _Clock:
 Action = Callable[[Tick], None]
 
 
-def _stop_when_requested(run: Run, stop: StopRequest) -> Action:
-    """SIGTERM/SIGUSR1 (loops.safety): checkpoint after the step in flight and exit 75; never a checkpoint of
-    non-finite weights (then the next finite step saves). An epoch's last step is the epoch loop's."""
+def _stop_when_requested(run: Run, agreement: _StopAgreement) -> Action:
+    """SIGTERM/SIGUSR1 (loops.safety) to any process of the run: every process checkpoints after the same step
+    and exits 75; never a checkpoint of non-finite weights (then the next finite step saves). An epoch's last
+    step is the epoch loop's."""
     def act(tick: Tick):
-        if stop.requested and not tick.last and run.progress.streak == 0:
-            path = run.save()
-            run.reporter.say(f"Stopped by {stop.signal_name} at step {tick.step}; saved {path}")
-            raise Preempted(path)
+        agreement.after_step(tick.metrics)
+        if agreement.agreed and not tick.last and run.progress.streak == 0:
+            _stop_here(run, agreement, mid_epoch=True)
     return act
 
 
@@ -336,12 +423,13 @@ class _Log:
     def __call__(self, tick: Tick):
         if tick.position % self.run.cfg.log_steps and not tick.last:
             return
-        self.last = {key: float(value) for key, value in tick.metrics.items()}
+        self.last = {key: float(tick.metrics[key]) for key in ("loss", "top1")}
         means = self.run.progress.epoch_means()
         optimizer = self.run.state.optimizer
         lr, speed = float(optimizer.learning_rate), self.clock.speed(tick.position)
         self.run.reporter.record("train", int(optimizer.iterations.numpy()), {
             "epoch": self.epoch + 1, "lr": lr, "img_per_s": speed, **self.last,
+            "examples_seen": int(self.run.progress.examples_seen.numpy()),
             "epoch_mean_loss": means["loss"], "epoch_mean_top1": means["top1"]})
         if self.bar:
             self.bar.update(tick.position, [("loss", means["loss"]), ("top1", means["top1"]), ("lr", lr),

@@ -55,7 +55,9 @@ EOF
 read -r TF_VERSION PY_TAG TF_INCLUDE <<<"$tf_info"
 
 # PEP 440 local version label identifying the build: 0.28.1+tf2.21.0 (GPU builds: 0.28.1+tf2.21.0.nccl).
-LOCAL_LABEL="tf$(echo "$TF_VERSION" | tr -c 'A-Za-z0-9\n' '.')"
+# "patch1": this script's source patches (below); a changed patch set gets a new label, so an old cached wheel
+# is never reused for it.
+LOCAL_LABEL="tf$(echo "$TF_VERSION" | tr -c 'A-Za-z0-9\n' '.').patch1"
 if [ -n "${HOROVOD_GPU_OPERATIONS:-}" ]; then
   LOCAL_LABEL="$LOCAL_LABEL.$(echo "$HOROVOD_GPU_OPERATIONS" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9\n' '.')"
 fi
@@ -181,6 +183,16 @@ if [ -f "$TF_INCLUDE/xla/hlo/builder/xla_builder.h" ]; then
 else
   log "TensorFlow $TF_VERSION has no xla/hlo/builder/xla_builder.h; building without the include fix"
 fi
+
+# Horovod 0.28.1's Gloo controller reserves its rank table instead of sizing it (global_ranks_.reserve), so the
+# stall inspector sees a process set of 0 ranks: with Gloo, a stalled rank never gets the stall warning and
+# HOROVOD_STALL_SHUTDOWN_TIME_SECONDS never ends the wait (the MPI controller sizes the same table).
+STALL_FILE="$SRC/horovod/common/gloo/gloo_controller.cc"
+grep -qF 'global_ranks_.reserve(size_);' "$STALL_FILE" \
+  || die "patch pattern 'global_ranks_.reserve(size_);' not found in $STALL_FILE (Horovod version changed? update this script)"
+sed -i 's|global_ranks_.reserve(size_);|global_ranks_.resize(size_);|' "$STALL_FILE"
+grep -qF 'global_ranks_.resize(size_);' "$STALL_FILE" || die "sed did not apply the rank-table fix to $STALL_FILE"
+log "patched global_ranks_.reserve -> resize in horovod/common/gloo/gloo_controller.cc (Gloo stall check)"
 
 export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
        HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_LOCAL_VERSION="$LOCAL_LABEL"

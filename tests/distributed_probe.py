@@ -2,10 +2,18 @@
 reference. Not a test module itself (no test_ prefix).
 
     python tests/distributed_probe.py worker OUT [epochs=N] [timeout=SECONDS] [depth=COEFFICIENT] [stop_at=STEP]
-        stop_at: every process exits (code 3) right after saving the checkpoint of that step, as if the job
-        were preempted there; the next launch resumes from it.
+                                                [pause_after=STEPS] [stall_after=STEPS] [fp16_allreduce=1]
         under horovodrun (Horovod engine) or with TF_CONFIG (MultiWorkerMirroredStrategy): trains the tiny
         config in OUT/run and dumps this process's final variables to OUT/vars-<worker index>.npz.
+        stop_at: every process exits (code 3) right after saving the checkpoint of that step, as if the job
+        were preempted there; the next launch resumes from it.
+        pause_after: worker 1, after that many train steps, writes OUT/paused-1 and waits (up to 300 s) until a
+        stop signal reaches it (the test sends it), so the signal lands between two known steps.
+        stall_after: worker 1, after that many train steps, writes OUT/stalled-1 and never submits the next
+        step's allreduce: alive but stalled, as a rank stuck in its input or a deadlock would be.
+    python tests/distributed_probe.py gradients OUT
+        under horovodrun: each rank's gradients of the tiny model on its own batch, and their sum through the
+        Horovod engine's allreduce with and without --hvd_fp16_allreduce, in OUT/grads-<rank>.npz.
     python tests/distributed_probe.py reference OUT
         one process, two logical CPUs (MirroredStrategy) at the same global batch, each replica fed the
         shard worker <replica> reads; dumps OUT/vars-ref.npz.
@@ -18,6 +26,7 @@ import json
 import os
 import pathlib
 import sys
+import threading
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -94,6 +103,67 @@ def stop_after_checkpoint(step: int):
     checkpoints.Saver.save = save_then_stop
 
 
+def hold_worker_one(after: int, out: pathlib.Path, marker: str, until_stopped: bool):
+    """Worker 1 holds after its `after`-th train step: until a stop signal reaches it, or for good."""
+    from loops import safety, training
+
+    signalled = threading.Event()
+    handle = safety.StopRequest._handle
+
+    def noting(self, signum, frame):
+        handle(self, signum, frame)
+        signalled.set()
+
+    safety.StopRequest._handle = noting
+    make = training.make_train_step
+
+    def make_holding(*args, **kwargs):
+        step, calls = make(*args, **kwargs), [0]
+
+        def holding(iterator):
+            metrics = step(iterator)
+            calls[0] += 1
+            if calls[0] == after:
+                (out / f"{marker}-1").write_text(str(os.getpid()))
+                if until_stopped:
+                    assert signalled.wait(300), "no stop signal arrived"
+                else:
+                    threading.Event().wait()  # stalled: alive, but the next allreduce never comes
+            return metrics
+
+        return holding
+
+    training.make_train_step = make_holding
+
+
+def gradients(out: pathlib.Path):
+    """Each rank's gradients on its batch and their allreduced sum in float32 and with fp16 compression."""
+    import keras
+
+    import efficientnet
+
+    engine = create_engine("horovod")
+    cfg = tiny_config(out / "unused")
+    info = data.open_dataset(cfg.data)
+    keras.utils.set_random_seed(0)
+    model = efficientnet.build_model("b0", info.num_classes, **cfg.model_overrides)
+    context = data.worker_input_context(engine.worker_index, engine.num_workers)
+    images, labels = next(iter(data.train_dataset(info, cfg.data, cfg.augment, batch_size=PER_REPLICA_BATCH,
+                                                  image_size=32, input_context=context, seed=0)))
+    with tf.GradientTape() as tape:
+        logits = model(images, training=True)
+        loss = tf.reduce_mean(keras.losses.categorical_crossentropy(labels, logits, from_logits=True))
+    local = tape.gradient(loss, model.trainable_variables)
+    reduced = {}
+    for name, compression in (("fp32", engine._hvd.Compression.none), ("fp16", engine._hvd.Compression.fp16)):
+        engine.compression = compression  # what --hvd_fp16_allreduce chooses
+        reduced[name] = engine.reduce_gradients(local)
+    np.savez(out / f"grads-{engine.worker_index}.npz",
+             **{f"{kind}{i:04d}": g.numpy() for kind, grads in (("local", local), *reduced.items())
+                for i, g in enumerate(grads)})
+    print("PROBE " + json.dumps({"name": str(engine.worker_index), "tensors": len(local)}), flush=True)
+
+
 def dump(variables, path):
     names = [getattr(v, "path", None) or v.name for v in variables]
     values = {f"{i:04d}:{name}": np.asarray(v.numpy()) for i, (name, v) in enumerate(zip(names, variables))}
@@ -102,15 +172,21 @@ def dump(variables, path):
 
 def main():
     mode, out = sys.argv[1], pathlib.Path(sys.argv[2])
+    if mode == "gradients":
+        return gradients(out)
     if mode == "worker":
         opts = dict(a.split("=", 1) for a in sys.argv[3:])
         cfg = tiny_config(out / "run", int(opts.get("epochs", 2)),
                           float(opts["timeout"]) if "timeout" in opts else None,
                           float(opts["depth"]) if "depth" in opts else None)
-        engine = create_engine(cfg.engine, collective_timeout_s=cfg.collective_timeout_s)
+        engine = create_engine(cfg.engine, collective_timeout_s=cfg.collective_timeout_s,
+                               fp16_allreduce=opts.get("fp16_allreduce") == "1")
         (out / f"pid-{engine.worker_index}").write_text(str(os.getpid()))
         if "stop_at" in opts:
             stop_after_checkpoint(int(opts["stop_at"]))
+        for option, marker, until_stopped in (("pause_after", "paused", True), ("stall_after", "stalled", False)):
+            if option in opts and engine.worker_index == 1:
+                hold_worker_one(int(opts[option]), out, marker, until_stopped)
         name = str(engine.worker_index)
     else:
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -119,8 +195,12 @@ def main():
         engine = Engine(ShardedMirroredStrategy([f"/cpu:{i}" for i in range(WORKERS)]), "mirrored")
         name = "ref"
     variables = capture_synchronized(engine)
+    from loops.safety import Preempted
     from loops.training import train
-    summary = train(cfg, engine)
+    try:
+        summary = train(cfg, engine)
+    except Preempted as stopped:  # as train.py does
+        stopped.exit_now()
     dump(variables, out / f"vars-{name}.npz")
     print("PROBE " + json.dumps({"name": name, "engine": engine.name, "replicas": engine.num_replicas,
                                  "steps": summary["steps"], "eval_examples": summary.get("eval_examples")}),

@@ -1,6 +1,15 @@
 """Run by test_training_runs: train on 1 replica and on 2 logical CPUs (MirroredStrategy) at the same global
-batch, with synchronized BatchNorm, and print how far the final weights are apart (one JSON line)."""
+batch, with synchronized BatchNorm, in float64, and print how far the final weights are apart (one JSON line).
 
+    python tests/replica_parity_probe.py OUT --optimizer sgd|rmsprop
+
+float64 runs the whole model and step in double precision (the Keras policy "float64"). To tell float rounding
+from a real difference, the probe also measures how much this training amplifies rounding: the same one-replica
+run in float32, from the same initial weights, ends `rounding_gap_float32` away from the float64 one. float64
+rounds 2**29 times finer, so rounding alone can move the float64 runs about 2**-29 of that apart; a real
+difference between one and two replicas would not shrink with the precision."""
+
+import argparse
 import json
 import pathlib
 import sys
@@ -14,46 +23,71 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+import loops.training  # noqa: E402
 from loops.checkpoints import RunSpec, make_checkpoint  # noqa: E402
 from loops.config import TrainConfig  # noqa: E402
-from loops.parallel.distribution import Engine, mirrored_engine  # noqa: E402
 from loops.ema import ExponentialMovingAverage  # noqa: E402
-from loops.training import train  # noqa: E402
+from loops.parallel.distribution import Engine, mirrored_engine  # noqa: E402
+
+build_model = RunSpec.build_model
 
 
-def run(model_dir, engine, per_replica_batch):
+def build_from_float32_init(spec: RunSpec) -> keras.Model:
+    """The model in the current policy with the weights the float32 model gets from the same seed (Keras draws
+    float64 initial values from another random stream)."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    initial = build_model(spec).get_weights()
+    keras.mixed_precision.set_global_policy(policy)
+    model = build_model(spec)
+    model.set_weights([w.astype(v.dtype) for w, v in zip(initial, model.get_weights())])
+    return model
+
+
+RunSpec.build_model = build_from_float32_init
+
+
+def run(model_dir, engine, per_replica_batch, dtype):
+    # train() sets the policy of its --precision when it builds the model; this one instead.
+    loops.training.set_precision = lambda _precision: keras.mixed_precision.set_global_policy(dtype)
     cfg = TrainConfig(model_dir=model_dir, mode="train", train_img_size=32, eval_img_size=32,
                       train_batch_size=per_replica_batch, steps_per_epoch=4, max_epochs=1, warmup_epochs=0,
-                      moving_average_decay=0.99, lr_init=0.02,
-                      # SGD: RMSprop's first updates (mean square near 0) magnify float-order differences
-                      # of the cross-replica BatchNorm sums far beyond what a parity check can bound.
-                      optimizer="sgd",
+                      moving_average_decay=0.99, lr_init=0.02, optimizer=ARGS.optimizer,
                       model_overrides={"dropout_rate": 0.0, "drop_connect_rate": 0.0, "sync_bn": True})
-    summary = train(cfg, engine)
-    return summary, restored_weights(model_dir)
+    summary = loops.training.train(cfg, engine)
+    return summary, restored_weights(model_dir, dtype)
 
 
-def restored_weights(model_dir=None):
-    """Model weights then EMA shadows from the latest checkpoint; the seeded initial weights without one."""
+def restored_weights(model_dir=None, dtype="float64"):
+    """Model weights then EMA shadows from the latest checkpoint, as float64; the initial weights without one."""
+    keras.mixed_precision.set_global_policy(dtype)
     keras.utils.set_random_seed(0)  # as train() does before building, so no checkpoint = the start point
-    spec = RunSpec.load(f"{OUT}/one")
-    model = spec.build_model()
+    model = RunSpec.load(f"{ARGS.out}/one").build_model()
     ema = ExponentialMovingAverage(model, 0.99, tf.distribute.get_strategy())
     if model_dir:
         make_checkpoint(model, ema=ema).restore(tf.train.latest_checkpoint(model_dir)).expect_partial()
-    return model.get_weights() + [s.numpy() for s in ema.shadows]
+    return [np.asarray(w, np.float64) for w in model.get_weights() + [s.numpy() for s in ema.shadows]]
+
+
+def max_abs_diff(a, b):
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
 
 
 def main():
-    one_summary, one = run(f"{OUT}/one", Engine(tf.distribute.OneDeviceStrategy("/cpu:0"), "one_device"), 16)
-    two_summary, two = run(f"{OUT}/two", mirrored_engine(["/cpu:0", "/cpu:1"]), 8)
+    one_device = Engine(tf.distribute.OneDeviceStrategy("/cpu:0"), "one_device")
+    one_summary, one = run(f"{ARGS.out}/one", one_device, 16, "float64")
+    two_summary, two = run(f"{ARGS.out}/two", mirrored_engine(["/cpu:0", "/cpu:1"]), 8, "float64")
+    _, one32 = run(f"{ARGS.out}/one32", one_device, 16, "float32")
     start = restored_weights()
     print(json.dumps({"replicas": [1, 2], "steps": [one_summary["steps"], two_summary["steps"]],
-                      "max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(one, two)),
-                      "max_abs_change": max(float(np.max(np.abs(a - b))) for a, b in zip(one, start)),
-                      "compared": len(one)}))
+                      "dtypes": sorted({str(w.dtype) for w in one + two}),
+                      "max_abs_diff": max_abs_diff(one, two), "max_abs_change": max_abs_diff(one, start),
+                      "rounding_gap_float32": max_abs_diff(one, one32), "compared": len(one)}))
 
 
 if __name__ == "__main__":
-    OUT = sys.argv[1]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--optimizer", default="sgd", choices=("sgd", "rmsprop"))
+    ARGS = parser.parse_args()
     main()

@@ -153,8 +153,9 @@ def _check_workers(out, reference, results):
     # Same gradients, same updates: bit-identical except the per-replica BatchNorm statistics.
     assert _max_diff(w0, w1, skip=PER_REPLICA) == 0.0
     assert _max_diff(w0, w1) > 0.0  # the per-replica statistics really are per replica (different shards)
-    # Worker 0 is replica 0 of the single-process twin: same data, same per-replica BN, same global batch.
-    assert _max_diff(w0, reference) < 1e-5
+    # Worker 0 is replica 0 of the single-process twin: same data, same per-replica BN, same global batch (the
+    # recorded run shape differs in its one field that says how many processes read the data).
+    assert _max_diff(w0, reference, skip=("run_shape",)) < 1e-5
     iteration = next(k for k in w0 if k.endswith("/iteration"))
     assert int(w0[iteration]) == 6
     # Training moved the weights: the EMA shadows (decay 0.99 warm-up) lag the weights they follow.
@@ -339,3 +340,178 @@ def test_tf_config_lost_worker_fails_the_chief_with_a_clear_error(tmp_path, how)
     else:  # the sockets stay open: --collective_timeout_s ends the wait
         assert "DeadlineExceededError" in log and "Collective has timed out" in log, log[-3000:]
         assert timeout <= seconds < timeout + 30, seconds
+
+
+def _wait_for_file(path, procs, timeout):
+    """Until `path` exists (a probe's marker), failing early if a process exits first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists():
+            return
+        assert all(p.poll() is None for p in procs), f"a process exited before {path.name} appeared"
+        time.sleep(0.2)
+    raise AssertionError(f"{path.name} did not appear in {timeout} s")
+
+
+def _horovodrun_probe(out, *args, log_name="horovodrun.log"):
+    """A 2-rank probe run under horovodrun (a new session, output in out/log_name)."""
+    log = open(out / log_name, "w")  # a file, not a pipe nobody drains while we wait
+    return subprocess.Popen([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, PROBE, *args],
+                            cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_tf_config_signal_to_one_worker_stops_every_worker_at_the_same_step_and_resumes(tmp_path, reference):
+    """SIGTERM reaches worker 1 only, between steps 1 and 2 (the probe holds it there until the signal lands):
+    both workers stop after step 2 with exit 75, the chief's checkpoint is ckpt-2, and the next launch resumes
+    both from it and ends where the uninterrupted single-process twin ends."""
+    procs = _start_tf_config_workers(tmp_path, "worker", tmp_path, "pause_after=1")
+    try:
+        _wait_for_file(tmp_path / "paused-1", procs, timeout=300)
+        os.kill(int((tmp_path / "paused-1").read_text()), signal.SIGTERM)
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        _stop(procs)
+    logs = [(tmp_path / f"worker-{i}.log").read_text() for i in range(2)]
+    assert codes == [75, 75], logs[0][-2000:] + logs[1][-2000:]
+    assert "Stopped by a stop signal to another worker at step 2; saved" in logs[0]
+    assert "Worker 1: stopped by SIGTERM at step 2 with the chief's checkpoint" in logs[1]
+    assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("ckpt-2")
+    logs = _run_tf_config_workers(tmp_path)
+    assert re.search(r"Resuming from \S+ckpt-2: epoch 1, example 32 of 48, step 2", logs[0]), logs[0][-3000:]
+    _check_workers(tmp_path, reference, _probe_results("\n".join(logs)))
+
+
+@pytest.fixture(scope="module")
+def horovod_stopped_by_signal(tmp_path_factory):
+    """A 2-rank horovodrun probe run whose rank 1 alone got SIGTERM between steps 1 and 2: (out dir, output)."""
+    out = tmp_path_factory.mktemp("hvd_stopped")
+    launcher = _horovodrun_probe(out, "worker", out, "pause_after=1")
+    try:
+        _wait_for_file(out / "paused-1", [launcher], timeout=300)
+        os.kill(int((out / "paused-1").read_text()), signal.SIGTERM)
+        launcher.wait(timeout=300)
+    finally:
+        _stop([launcher])
+    return out, (out / "horovodrun.log").read_text()
+
+
+def _horovodrun_resume_matches_reference(out, reference, resumed_at):
+    """Relaunches the 2-rank probe on out/run: it resumes at `resumed_at` and ends where the reference ends."""
+    proc = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, PROBE, "worker",
+                           str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"Resuming from \S+" + re.escape(resumed_at), proc.stdout), proc.stdout[-3000:]
+    _check_workers(out, reference, _probe_results(proc.stdout))
+
+
+def _copy_run(stopped, tmp_path):
+    import shutil
+
+    shutil.copytree(stopped / "run", tmp_path / "run")
+    return tmp_path
+
+
+@pytest.mark.slow
+@needs_horovod
+def test_horovod_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resumes(tmp_path, reference,
+                                                                                 horovod_stopped_by_signal):
+    stopped, output = horovod_stopped_by_signal
+    assert re.search(r"\[0\]<stdout>:.*Stopped by a stop signal to another worker at step 2; saved", output), \
+        output[-3000:]
+    assert "[1]<stdout>:Worker 1: stopped by SIGTERM at step 2 with the chief's checkpoint" in output
+    # Both ranks exit 75 (horovodrun itself then reports the non-zero exits and returns 1).
+    assert sorted(re.findall(r"Process (\d) exit with status code (-?\d+)", output)) == [("0", "75"), ("1", "75")]
+    assert tf.train.latest_checkpoint(str(stopped / "run")).endswith("ckpt-2")
+    _horovodrun_resume_matches_reference(_copy_run(stopped, tmp_path), reference,
+                                         "ckpt-2: epoch 1, example 32 of 48, step 2")
+
+
+@pytest.mark.slow
+@needs_horovod
+def test_horovod_run_stopped_on_two_ranks_resumes_on_one_process_on_the_example_clock(tmp_path,
+                                                                                     horovod_stopped_by_signal):
+    """Requeued on one process (global batch 16 -> 8): epoch 1 already holds 32 examples, more than the 3 x 8 of
+    an epoch at the new shape, so the run goes on with epoch 2 and ends after 2 + 3 steps and 32 + 24 examples."""
+    out = _copy_run(horovod_stopped_by_signal[0], tmp_path)
+    proc = subprocess.run([sys.executable, PROBE, "worker", str(out)], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("The run shape changed (replicas 2 -> 1, workers 2 -> 1; global batch 16 -> 8): training continues on "
+            "the same example clock, with the learning rate of the new global batch; epoch 1 is already complete "
+            "at this shape") in proc.stdout, proc.stdout[-3000:]
+    [result] = _probe_results(proc.stdout)
+    assert result["steps"] == 5 and result["replicas"] == 1
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    assert summary["examples_seen"] == 56 and summary["epochs"] == 2
+
+
+@pytest.mark.slow
+@needs_horovod
+def test_horovodrun_resume_after_a_killed_rank_matches_one_process(tmp_path, reference):
+    """Rank 1 is SIGKILLed after step 4 (epoch 2): the survivor fails, and the next launch resumes both ranks from
+    the epoch-1 checkpoint (ckpt-3) and ends where the uninterrupted single-process twin ends (1e-5)."""
+    launcher = _horovodrun_probe(tmp_path, "worker", tmp_path, "pause_after=4")
+    try:
+        _wait_for_file(tmp_path / "paused-1", [launcher], timeout=300)
+        os.kill(int((tmp_path / "paused-1").read_text()), signal.SIGKILL)
+        assert launcher.wait(timeout=120) != 0
+    finally:
+        _stop([launcher])
+    assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("ckpt-3")
+    _horovodrun_resume_matches_reference(tmp_path, reference, "ckpt-3: epoch 2, example 0 of 48, step 3")
+
+
+@pytest.mark.slow
+@needs_horovod
+def test_horovod_fp16_allreduce_is_the_fp32_sum_within_float16_rounding(tmp_path):
+    """Each rank's real gradients summed by the engine's allreduce, with and without --hvd_fp16_allreduce. Horovod
+    casts each rank's tensor to float16, sums in float16 and casts back: three roundings of at most 2**-11
+    relative (2**-25 absolute below float16's normal range, 6.1e-5), so per element
+    |fp16 - fp32| <= 2**-11 * 2.01 * (|g0| + |g1|) + 3 * 2**-25 (the 0.01 covers float32's own rounding)."""
+    proc = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, PROBE, "gradients",
+                           str(tmp_path)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [_load(tmp_path / f"grads-{r}.npz") for r in (0, 1)]
+    tensors = sorted(k[len("local"):] for k in ranks[0] if k.startswith("local"))
+    assert len(tensors) > 200
+    differs = 0
+    for t in tensors:
+        g0, g1 = ranks[0][f"local{t}"].astype(np.float64), ranks[1][f"local{t}"].astype(np.float64)
+        assert max(np.abs(g0).max(), np.abs(g1).max()) < 65504  # within float16's range: no overflow to inf
+        for r in ranks:  # every rank receives the same sums
+            np.testing.assert_array_equal(r[f"fp32{t}"], ranks[0][f"fp32{t}"])
+            np.testing.assert_array_equal(r[f"fp16{t}"], ranks[0][f"fp16{t}"])
+        exact, half = ranks[0][f"fp32{t}"].astype(np.float64), ranks[0][f"fp16{t}"].astype(np.float64)
+        np.testing.assert_allclose(exact, g0 + g1, rtol=2**-23, atol=1e-30)
+        bound = 2**-11 * 2.01 * (np.abs(g0) + np.abs(g1)) + 3 * 2**-25
+        assert np.all(np.abs(half - exact) <= bound), t
+        differs += int(np.any(half != exact))
+    assert differs > len(tensors) // 2  # the compression really was applied
+
+
+@pytest.mark.slow
+@needs_horovod
+def test_horovod_stalled_rank_gets_the_stall_warning_and_fails_every_rank_at_the_timeout(tmp_path):
+    """Rank 1 stays alive but never submits step 3's allreduce. With --collective_timeout_s 20 Horovod's stall
+    inspector warns and shuts Horovod down 30-50 s into the stall (loops.parallel.horovod_engine.horovod_timeouts),
+    which fails rank 0's allreduce; horovodrun then ends rank 1 (SIGTERM, SIGKILL 5 s later). Without
+    scripts/install_horovod.sh's Gloo fix the inspector sees no ranks and the survivor would wait forever. The
+    timeout must exceed the ranks' skew in reaching the first step (tracing it; several seconds on this loaded
+    machine), like any timeout of a collective; depth 0.25 keeps the tracing short."""
+    launcher = _horovodrun_probe(tmp_path, "worker", tmp_path, "stall_after=2", "timeout=20", "depth=0.25")
+    try:
+        _wait_for_file(tmp_path / "stalled-1", [launcher], timeout=300)
+        stalled = time.time()
+        launcher.wait(timeout=120)
+        seconds = time.time() - stalled
+    finally:
+        _stop([launcher])
+    output = (tmp_path / "horovodrun.log").read_text()
+    assert launcher.returncode != 0
+    assert "One or more tensors were submitted to be reduced, gathered or broadcasted by subset of ranks" in output
+    assert re.search(r"Missing ranks:\s*\S*\s*1!?: \[", output), output[-3000:]
+    assert "is stalled for longer than 20 seconds. Will shutdown." in output, output[-3000:]
+    assert "Horovod has been shut down" in output
+    print(f"horovodrun exited {seconds:.1f} s after rank 1 stalled")
+    assert 20 <= seconds < 2.5 * 20 + 45, seconds  # measured: 61 s at load 8 (shutdown 44 s into the stall)

@@ -53,6 +53,46 @@ def test_geometric_ops():
         assert out.shape == (32, 32, 3) and np.abs(out - img.numpy()).mean() > 5
 
 
+def _fill_lines(out, axis):
+    """Rows (axis 1) or columns (axis 0) that are nothing but the fill value."""
+    return int(np.all(out == A.FILL_VALUE, axis=(axis, 2)).sum())
+
+
+@pytest.mark.parametrize("size", [224, 380])
+def test_b4_recipe_translations_keep_part_of_every_image_and_never_exceed_the_reference(size):
+    """B4 trains with AutoAugment v0 at 380 px; its translations are the reference's absolute pixels there
+    (TranslateY level 9: 225 px), never the 382 px an image-relative scaling gave, and at 224 px they stop
+    at MAX_SHIFT of the image instead of the reference's 225 px that would leave only fill."""
+    img = _img(size, size).numpy()
+    translations = sorted({(op, level) for sub in A.POLICY_V0 for op, _, level in sub if op.startswith("Translate")}
+                          | {("TranslateX", 10), ("TranslateY", 10)})  # the policy's, and the strongest level
+    assert ("TranslateY", 9) in translations
+    for name, level in translations:
+        reference = level / A.MAX_LEVEL * 250.0
+        axis = 1 if name == "TranslateY" else 0
+        shifts = set()
+        for s in range(8):  # both directions
+            seed = tf.constant([s, 5], tf.int64)
+            for before in (img, A.apply_op(img, "Rotate", 7, seed).numpy()):  # alone and after the sub-policy's Rotate
+                out = A.apply_op(before, name, level, seed).numpy()
+                assert out.max() > out.min(), (name, level, size)  # not a constant image
+                filled = _fill_lines(out, axis)
+                assert filled <= reference and size - filled >= (1 - A.MAX_SHIFT) * size - 1, (name, level, filled)
+                if before is img:
+                    shifts.add(filled)
+                    side = np.all(out == A.FILL_VALUE, axis=(axis, 2))
+                    assert side[:filled].all() or side[size - filled:].all()
+        expected = round(min(reference, A.MAX_SHIFT * size)) if size < 250 / A.MAX_SHIFT else round(reference)
+        assert shifts == {expected}, (name, level, shifts)
+    if size == 380:  # the reference's pixels, not scaled up with the image
+        assert expected == 250
+    # RandAugment's constants (translate 100, cutout 40 px) fit both sizes as they are.
+    out = A.apply_op(img, "TranslateX", 10, SEED, A.RANDAUGMENT_OPS).numpy()
+    assert _fill_lines(out, 0) == 100
+    cut = A.apply_op(img, "Cutout", 10, SEED, A.RANDAUGMENT_OPS).numpy()
+    assert 0 < np.all(cut == A.FILL_VALUE, axis=2).sum() <= 80 ** 2
+
+
 @pytest.mark.parametrize("name", A.RANDAUGMENT_NAMES)
 def test_every_op_keeps_shape_and_range_in_graph(name):
     f = tf.function(lambda x, s: A.apply_op(x, name, 10, s))

@@ -51,6 +51,25 @@ def test_train_seeded_is_reproducible(labelled):
     assert not all(np.array_equal(p, q) for p, q in zip(a, c))
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_skipping_examples_continues_the_same_stream_at_any_batch_size(labelled, workers):
+    """What a resume with another batch size relies on: a worker's example order and augmentation do not depend
+    on the batch size, so skipping the examples already trained continues exactly where the stream stopped."""
+    info, cfg = labelled
+    aug = I.AugmentConfig(augmenter_name="randaugment")
+    for w in range(workers):
+        context = ctx(workers, w) if workers > 1 else None
+        by_4 = list(I.train_dataset(info, cfg, aug, batch_size=4, image_size=32, seed=7, input_context=context)
+                    .take(6).as_numpy_iterator())
+        images = np.concatenate([x for x, _ in by_4])
+        labels = np.concatenate([y for _, y in by_4]).argmax(1)
+        (x, y), = I.train_dataset(info, cfg, aug, batch_size=8, image_size=32, seed=7, input_context=context,
+                                  skip_examples=12).take(1).as_numpy_iterator()
+        np.testing.assert_array_equal(y.argmax(1), labels[12:20])
+        np.testing.assert_array_equal(x, images[12:20])
+        assert not np.array_equal(y.argmax(1), labels[:8])  # the skip moved the stream
+
+
 def _worker_labels(info, cfg, context, n):
     recs = I.train_records(info, cfg, image_size=32, input_context=context, seed=3)
     return [int(lab) for _, lab, _ in recs.take(n).as_numpy_iterator()]

@@ -53,7 +53,7 @@ def wait_for(predicate, proc, timeout=300):
 def final_state(model_dir):
     reader = tf.train.load_checkpoint(str(model_dir))
     return {n: reader.get_tensor(n) for n, _ in tf.train.list_variables(str(model_dir))
-            if n.startswith(("model/", "ema/", "optimizer/", "epoch", "batch_in_epoch"))}
+            if n.startswith(("model/", "ema/", "optimizer/", "epoch", "examples_"))}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_preemption_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, u
     code, out, _ = finish(proc)
     assert code == 75
     assert f"Stopped by {signal.Signals(signum).name}" in out
-    stopped_at = tf.train.load_checkpoint(str(tmp_path)).get_tensor("batch_in_epoch/.ATTRIBUTES/VARIABLE_VALUE")
+    stopped_at = tf.train.load_checkpoint(str(tmp_path)).get_tensor("examples_in_epoch/.ATTRIBUTES/VARIABLE_VALUE") // 8
     assert 3 <= stopped_at < 12  # a step after the signal, not an epoch boundary's worth later
     code, out, err = finish(start(tmp_path))
     assert code == 0, err[-3000:]
@@ -160,6 +160,79 @@ def test_a_second_run_on_the_same_model_dir_is_refused_until_the_first_dies(tmp_
     wait_for(lambda: len(train_records(tmp_path)) > logged, third)
     third.kill()
     third.wait()
+
+
+def damage(prefix, part, how):
+    """Truncates a checkpoint's .index or data file to half, or flips one bit at each ninth of it (so some flip
+    lands in the weights, not only in optimizer slots evaluation never reads); returns the file."""
+    path = prefix + ".index" if part == "index" else next(iter(sorted(pathlib.Path(prefix).parent.glob(
+        pathlib.Path(prefix).name + ".data-*"))))
+    raw = pathlib.Path(path).read_bytes()
+    if how == "truncated":
+        pathlib.Path(path).write_bytes(raw[:len(raw) // 2])
+    else:
+        flipped = bytearray(raw)
+        for k in range(1, 9):
+            flipped[len(raw) * k // 9] ^= 0x10
+        pathlib.Path(path).write_bytes(bytes(flipped))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_per_epoch(tmp_path_factory):
+    """The uninterrupted run's model_dir, with a checkpoint after each epoch: ckpt-6 and ckpt-12."""
+    model_dir = tmp_path_factory.mktemp("checkpoint_per_epoch")
+    code, _, err = finish(start(model_dir, "--save_checkpoint_freq", "1"))
+    assert code == 0, err[-3000:]
+    return model_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("part,how", [("data", "truncated"), ("index", "bit-flipped")])
+def test_damaged_newest_checkpoint_resumes_from_the_newest_intact_one(tmp_path, checkpoint_per_epoch, uninterrupted,
+                                                                      part, how):
+    """The final checkpoint is damaged (a partial copy, a disk fault): the rerun names the file, sets it aside,
+    trains epoch 2 again from ckpt-6 and ends exactly as the uninterrupted run."""
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint_per_epoch, run)
+    damaged = damage(str(run / "ckpt-12"), part, how)
+    code, out, err = finish(start(run, "--save_checkpoint_freq", "1"))
+    assert code == 0, err[-3000:]
+    assert f"Warning: Checkpoint {run / 'ckpt-12'} is damaged ({damaged}: " in out, out[-3000:]
+    assert f"Falling back to {run / 'ckpt-6'}, the newest intact checkpoint" in out
+    assert f"Resuming from {run / 'ckpt-6'}: epoch 2, example 0 of 48, step 6" in out
+    assert pathlib.Path(damaged + ".damaged").exists()  # kept for inspection, out of the way of new saves
+    assert tf.train.latest_checkpoint(str(run)) == str(run / "ckpt-12")
+    assert_same_state(final_state(run), uninterrupted)
+
+
+@pytest.mark.parametrize("part,how", [("data", "truncated"), ("data", "bit-flipped"), ("index", "truncated"),
+                                      ("index", "bit-flipped")])
+def test_evaluate_names_the_damaged_checkpoint_file_in_one_line(tiny_checkpoint, tmp_path, run_script, part, how):
+    model_dir = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint, model_dir)
+    damaged = damage(tf.train.latest_checkpoint(str(model_dir)), part, how)
+    out = run_script("evaluate.py", "--ckpt", model_dir, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    [error] = [line for line in out.stderr.splitlines() if line.startswith("evaluate.py: error:")]
+    assert f"is damaged ({damaged}: " in error and "no other checkpoint is kept beside it" in error, error
+
+
+@pytest.mark.parametrize("script", ["predict.py", "export.py"])
+def test_predict_and_export_name_the_damaged_checkpoint_file_in_one_line(tiny_checkpoint, tmp_path, run_script,
+                                                                         script):
+    from input import testdata
+
+    model_dir = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint, model_dir)
+    damaged = damage(tf.train.latest_checkpoint(str(model_dir)), "data", "truncated")
+    (tmp_path / "digit.png").write_bytes(testdata.encode(testdata.image_array(1, 32, 32), "png"))
+    args = ["--image", tmp_path / "digit.png"] if script == "predict.py" else ["--output", tmp_path / "saved"]
+    out = run_script(script, "--ckpt", model_dir, *args, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    [error] = [line for line in out.stderr.splitlines() if line.startswith(f"{script}: error:")]
+    assert f"is damaged ({damaged}: Read less bytes than requested)" in error, error
+    assert not (tmp_path / "saved").exists()
 
 
 def _encoded(mode, size, fmt):

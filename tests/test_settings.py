@@ -108,6 +108,7 @@ def test_configs_and_command_lines_load_without_tensorflow():
     ("evaluate.py", ["--ckpt", "x", "--weights", "best"], "--weights"),
     ("predict.py", ["--ckpt", "x", "--image", "a.jpg", "--top_k", "0"], "--top_k=0: must be positive"),
     ("export.py", ["--ckpt", "x"], "--output is required"),
+    ("-m", ["loops.average_checkpoints", "--weights", "ema"], "--ckpts is required"),
 ])
 def test_entry_points_refuse_bad_flags_before_loading_tensorflow(script, argv, message):
     # -X importtime lists every module the process imported, on stderr.

@@ -168,6 +168,52 @@ def test_fp16_overflow_skips_the_update_and_halves_the_loss_scale(tmp_path):
         keras.mixed_precision.set_global_policy("float32")
 
 
+def _bn_model(num_classes=4):
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([
+        keras.Input((8, 8, 3)),
+        keras.layers.Conv2D(6, 3),
+        keras.layers.BatchNormalization(),
+        keras.layers.Activation("swish"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(num_classes),
+    ])
+
+
+def test_fp16_overflow_in_the_forward_pass_leaves_batch_norm_statistics_and_ema_unchanged(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        cfg = _cfg(tmp_path, precision="amp_fp16", train_batch_size=4, optimizer="sgd")
+        state = _state(cfg, _bn_model, ema_decay=0.9)
+        model, ema = state.model, state.ema
+        step = make_train_step(state, cfg, mixup_alpha=0.0, cutmix_alpha=0.0)
+        images, labels = _batch(4 * 3)
+        images[4:8] = 6e4  # the second batch: float16 convolutions overflow to inf in the forward pass
+        iterator = iter(tf.data.Dataset.from_tensor_slices((images, labels)).batch(4))
+        step(iterator)  # a normal step first, so statistics and shadows are not at their initial values
+        before = [w.copy() for w in model.get_weights()]
+        shadows = [s.numpy().copy() for s in ema.shadows]
+        scale = float(state.optimizer.dynamic_scale.numpy())
+        # The overflow really reaches BatchNorm: the same forward pass on a copy ruins its statistics.
+        probe = _bn_model()
+        probe.set_weights(before)
+        probe(images[4:8], training=True)
+        assert not all(np.isfinite(w).all() for w in probe.layers[1].non_trainable_weights)
+
+        step(iterator)
+        assert float(state.optimizer.dynamic_scale.numpy()) == scale / 2  # skipped
+        for a, b in zip(before, model.get_weights()):  # weights and moving statistics bit for bit
+            np.testing.assert_array_equal(a, b)
+        for a, s in zip(shadows, ema.shadows):
+            np.testing.assert_array_equal(a, s.numpy())
+        step(iterator)  # the next finite batch trains and moves statistics and shadows again
+        assert not np.array_equal(before[2], model.get_weights()[2])  # moving_mean
+        assert not np.array_equal(shadows[0], ema.shadows[0].numpy())
+        assert all(np.isfinite(w).all() for w in model.get_weights() + [s.numpy() for s in ema.shadows])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def test_deferred_mixing_trains_on_the_mixed_batch_with_soft_labels(tmp_path):
     cfg = _cfg(tmp_path, train_batch_size=8, optimizer="sgd", weight_decay=0.0,
                augment=AugmentConfig(mixup_alpha=0.4, defer_img_mixing=True))

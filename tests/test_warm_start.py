@@ -54,7 +54,7 @@ def values(model) -> dict:
 def one_step(run):
     """One real train step of the run's first stage, on its own data pipeline."""
     step = make_train_step(run.state, run.cfg, mixup_alpha=0.0, cutmix_alpha=0.0)
-    step(iter(_train_dataset(run, plan_stages(run.cfg)[0], 0)))
+    step(iter(_train_dataset(run, plan_stages(run.cfg)[0], 0, skip_examples=0, steps=1)))
 
 
 def close(run):

@@ -42,6 +42,9 @@ class Engine:
         """Sums already reduced over this process's replicas, reduced over all processes."""
         return sums
 
+    def barrier(self):
+        """Returns once every process got here."""
+
     def reduce_gradients(self, grads):
         # tf.distribute: the Keras optimizer all-reduces (SUM) when applied in a replica context.
         return grads
@@ -143,6 +146,17 @@ class MultiWorkerEngine(Engine):
         for v, value in zip(variables, values):
             # Keras variables report their dtype by name.
             v.assign(tf.cast(strategy.experimental_local_results(value)[0], tf.as_dtype(v.dtype)))
+
+
+    def barrier(self):
+        strategy = self.strategy
+
+        @tf.function
+        def all_here():
+            return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, tf.constant(1.0)))
+
+        all_here()
 
 
 def mirrored_engine(devices: list[str]) -> Engine:

@@ -24,6 +24,19 @@ def _import_horovod():
     return hvd
 
 
+def horovod_timeouts(timeout_s: float) -> dict[str, str]:
+    """The Horovod settings --collective_timeout_s stands for (read at hvd.init). A rank that stops responding
+    (frozen, its host gone) fails Gloo's wait after the timeout. A rank that is alive but never submits the
+    next allreduce (stuck reading data, a deadlock) is what Horovod's stall inspector watches (with the Gloo
+    fix of scripts/install_horovod.sh): it warns after half the timeout and shuts Horovod down, failing every
+    rank, once the stall passes the timeout. It looks every half timeout and first moves a stalled step's
+    allreduce out of Horovod's response cache, so the run ends 1.5 to 2.5 timeouts into the stall."""
+    seconds = max(2, int(round(timeout_s)))
+    return {"HOROVOD_GLOO_TIMEOUT_SECONDS": str(seconds),
+            "HOROVOD_STALL_CHECK_TIME_SECONDS": str(seconds // 2),
+            "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": str(seconds)}
+
+
 class HorovodEngine(Engine):
     def __init__(self, *, fp16_allreduce: bool = False, timeout_s: float | None = None):
         if not (os.environ.get("HOROVOD_RANK") and os.environ.get("HOROVOD_SIZE")):
@@ -31,8 +44,7 @@ class HorovodEngine(Engine):
             raise RuntimeError("--engine horovod must run under horovodrun (HOROVOD_RANK/HOROVOD_SIZE are not "
                                "set), e.g. `horovodrun -np 2 -H localhost:2 --gloo python train.py ...`")
         if timeout_s is not None:
-            # Gloo reads it at init; it bounds how long a rank waits for a peer that stopped responding.
-            os.environ["HOROVOD_GLOO_TIMEOUT_SECONDS"] = str(max(1, int(round(timeout_s))))
+            os.environ.update(horovod_timeouts(timeout_s))
         hvd = _import_horovod()
         hvd.init()
         self._hvd = hvd
@@ -74,6 +86,9 @@ class HorovodEngine(Engine):
         local = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
         bad = self._hvd.allreduce(1.0 - tf.cast(local, tf.float32), op=self._hvd.Sum, name="not_finite_count")
         return tf.equal(bad, 0.0)
+
+    def barrier(self):
+        self._hvd.allreduce(tf.constant(0.0), op=self._hvd.Sum, name="barrier")
 
     def reduce_sums(self, sums: dict) -> dict:
         keys = sorted(sums)
