@@ -12,7 +12,7 @@ import tensorflow as tf
 from loops.checkpoints import BEST_RECORD, make_checkpoint
 from loops.config import AverageConfig, EvalConfig
 from loops.offline_evaluation import evaluate_checkpoint
-from loops.parallel.distribution import Engine
+from loops.parallel.engine import Engine
 from loops.precision import set_precision
 from loops.restore import checkpoint_has_ema, restore
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 import input as data
-from loops.parallel.distribution import Engine
+from loops.parallel.engine import Engine
 
 PERCENTILES = (50, 90, 95, 99)
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 import input as data
 from loops.config import EvalConfig, weights_to_evaluate
 from loops.evaluation import evaluate_all
-from loops.parallel.distribution import Engine
+from loops.parallel.engine import Engine
 from loops.precision import set_precision
 from loops.restore import restore
 from loops.steps import make_eval_step

@@ -19,7 +19,7 @@ from input import mix_batch
 from loops.config import TrainConfig
 from loops.ema import ExponentialMovingAverage
 from loops.optimization import decayed_variables, l2_penalty
-from loops.parallel.distribution import Engine
+from loops.parallel.engine import Engine
 from loops.progress import Progress
 
 

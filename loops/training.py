@@ -23,7 +23,7 @@ from loops.config import TrainConfig
 from loops.ema import ExponentialMovingAverage
 from loops.evaluation import evaluate_all
 from loops.optimization import create_optimizer, global_batch_size, learning_rate_schedule
-from loops.parallel.distribution import Engine
+from loops.parallel.engine import Engine
 from loops.precision import set_precision
 from loops.progress import Progress, RunShape
 from loops.reporting import Reporter, table

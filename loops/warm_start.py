@@ -12,7 +12,7 @@ import keras
 
 from efficientnet import pretrained
 from loops.config import TrainConfig
-from loops.parallel.distribution import Engine
+from loops.parallel.engine import Engine
 from loops.reporting import Reporter
 
 

@@ -26,7 +26,7 @@ from loops.config import BenchmarkSettings, TrainConfig
 from loops.ema import ExponentialMovingAverage
 from loops.evaluation import latency_percentiles
 from loops.optimization import create_optimizer, learning_rate_schedule
-from loops.parallel.distribution import Engine
+from loops.parallel.engine import Engine
 from loops.precision import set_precision
 from loops.serving.runtimes import model_runner
 from loops.steps import TrainState, make_train_step

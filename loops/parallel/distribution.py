@@ -7,54 +7,15 @@ call, so once per accumulated update) or an explicit allreduce (Horovod) is the 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
 import tensorflow as tf
 
 from loops.config import ENGINES
-
-
-@dataclasses.dataclass
-class Engine:
-    strategy: tf.distribute.Strategy
-    name: str
-    num_workers: int = 1
-    worker_index: int = 0
-
-    @property
-    def num_replicas(self) -> int:
-        return self.strategy.num_replicas_in_sync
-
-    @property
-    def is_chief(self) -> bool:
-        return self.worker_index == 0
-
-    def input_context(self, ctx: tf.distribute.InputContext) -> tf.distribute.InputContext:
-        """The shard of the data this process reads (Horovod replaces the strategy's single pipeline)."""
-        return ctx
-
-    def synchronize(self, variables):
-        """Make every process start from the same state (mirrored variables already are)."""
-
-    def reduce_sums(self, sums: dict) -> dict:
-        """Sums already reduced over this process's replicas, reduced over all processes."""
-        return sums
-
-    def barrier(self):
-        """Returns once every process got here."""
-
-    def reduce_gradients(self, grads):
-        # tf.distribute: the Keras optimizer all-reduces (SUM) when applied in a replica context.
-        return grads
-
-    def all_finite(self, grads) -> tf.Tensor:
-        """True on every replica iff every replica's gradients are finite (so all replicas agree to skip)."""
-        local = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        ctx = tf.distribute.get_replica_context()
-        bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(local, tf.float32))
-        return tf.equal(bad, 0.0)
+from loops.parallel.engine import Engine
+from loops.parallel.horovod_engine import HorovodEngine
+from loops.parallel.slurm import export_tf_config
 
 
 def _multi_worker_from_tf_config() -> tuple[int, int] | None:
@@ -89,12 +50,9 @@ def create_engine(engine: str = "auto", *, fp16_allreduce: bool = False, collect
             raise ValueError("--mparams sync_bn=True is not supported with --engine horovod (Keras's "
                              "synchronized BatchNorm only reduces within a tf.distribute strategy); drop "
                              "sync_bn or use --engine tf_distribute (MirroredStrategy / TF_CONFIG)")
-        from loops.parallel.horovod_engine import HorovodEngine  # lazily: Horovod is optional
         return HorovodEngine(fp16_allreduce=fp16_allreduce, timeout_s=collective_timeout_s)
     if fp16_allreduce:
         raise ValueError("--hvd_fp16_allreduce only applies to --engine horovod (run under horovodrun)")
-    from loops.parallel.slurm import export_tf_config
-
     if not os.environ.get("TF_CONFIG"):  # set by the user or by the `python -m loops.parallel.slurm` wrapper
         export_tf_config()  # a plain `srun python train.py` with several tasks: the cluster from Slurm
     multi = _multi_worker_from_tf_config()

@@ -1,6 +1,6 @@
 """Horovod: one process per device, gradients all-reduced explicitly (Gloo on CPU, NCCL on GPU builds).
 
-Imported only when the Horovod engine is chosen, so users without Horovod never import it. Each process
+Horovod itself is imported only when this engine is built, so users without Horovod never import it. Each process
 runs a OneDeviceStrategy on its own device; every cross-process exchange goes through the Engine hooks
 (`synchronize`, `reduce_gradients`, `all_finite`, `reduce_sums`, `input_context`).
 """
@@ -12,7 +12,7 @@ import os
 import tensorflow as tf
 
 import input as data
-from loops.parallel.distribution import Engine
+from loops.parallel.engine import Engine
 
 
 def _import_horovod():
