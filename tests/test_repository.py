@@ -27,3 +27,16 @@ def test_requirements_are_pinned():
             line = line.split("#", 1)[0].strip()
             if line:
                 assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][\w.]*", line), f"{name}: {line!r} is not pinned"
+
+
+def test_every_test_the_docs_name_exists():
+    """docs/ cite tests by name as the evidence for a behaviour (docs/reliability.md's table): each cited test
+    function or test file must exist."""
+    defined = set()
+    for path in (ROOT / "tests").glob("*.py"):
+        defined.add(path.stem)
+        defined.update(re.findall(r"^def (test_\w+)", path.read_text(), flags=re.M))
+    cited = {(doc.name, name) for doc in (ROOT / "docs").glob("*.md")
+             for name in re.findall(r"\b(test_\w+)(?![\w*])", doc.read_text())}
+    missing = sorted(f"{doc}: {name}" for doc, name in cited if name not in defined)
+    assert not missing, missing
