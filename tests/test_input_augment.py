@@ -114,20 +114,27 @@ def test_randaugment_changes_images_and_is_seeded():
     assert np.array_equal(A.randaugment(img, SEED, 0, 10.0).numpy(), img.numpy())
 
 
-@pytest.mark.parametrize("name", ["autoaugment", "randaugment"])
-def test_augmenter_in_train_pipeline(tmp_path, name):
-    testdata.labelled_shards(str(tmp_path), "train", [6, 6], size=(48, 48))
-    cfg = I.DataConfig(data_dir=str(tmp_path), num_classes=12)
+@pytest.fixture(scope="module")
+def twelve_records(tmp_path_factory):
+    """12 labelled records and the first 4 batches the train pipeline makes of them without a policy."""
+    root = str(tmp_path_factory.mktemp("twelve"))
+    testdata.labelled_shards(root, "train", [6, 6], size=(48, 48))
+    cfg = I.DataConfig(data_dir=root, num_classes=12)
     info = I.open_dataset(cfg)
     plain = I.train_dataset(info, cfg, I.AugmentConfig(), batch_size=6, image_size=32, seed=11)
+    return info, cfg, list(plain.take(4).as_numpy_iterator())
+
+
+@pytest.mark.parametrize("name", ["autoaugment", "randaugment"])
+def test_augmenter_in_train_pipeline(twelve_records, name):
+    info, cfg, plain = twelve_records
     aug = I.train_dataset(info, cfg, I.AugmentConfig(augmenter_name=name, raug_magnitude=9), batch_size=6,
                           image_size=32, seed=11)
     diffs = []
-    for (x0, y0), (x1, y1) in zip(plain.take(4), aug.take(4)):
-        assert np.array_equal(y0.numpy(), y1.numpy())  # same records, same crops: only the policy differs
-        x1 = x1.numpy()
+    for (x0, y0), (x1, y1) in zip(plain, aug.take(4).as_numpy_iterator()):
+        assert np.array_equal(y0, y1)  # same records, same crops: only the policy differs
         assert x1.shape == (6, 32, 32, 3) and x1.min() >= 0 and x1.max() <= 255
-        diffs += list(np.abs(x1 - x0.numpy()).mean(axis=(1, 2, 3)))
+        diffs += list(np.abs(x1 - x0).mean(axis=(1, 2, 3)))
     assert sum(d > 1 for d in diffs) >= 8  # most images were changed by the policy
 
 

@@ -20,12 +20,14 @@ def open_dir(d, **kw):
     return I.open_dataset(cfg), cfg
 
 
-@pytest.fixture
-def labelled(tmp_path):
-    """6 train shards (24 records) and 3 uneven validation shards (5+2+4), every record its own label."""
-    testdata.labelled_shards(str(tmp_path), "train", [4] * 6)
-    testdata.labelled_shards(str(tmp_path), "validation", [5, 2, 4], start_label=24)
-    return open_dir(tmp_path, num_classes=35)
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """6 train shards (24 records) and 3 uneven validation shards (5+2+4), every record its own label; the
+    tests only read them."""
+    root = tmp_path_factory.mktemp("labelled")
+    testdata.labelled_shards(str(root), "train", [4] * 6)
+    testdata.labelled_shards(str(root), "validation", [5, 2, 4], start_label=24)
+    return open_dir(root, num_classes=35)
 
 
 def test_train_batches_shapes_ranges_onehot(labelled):

@@ -1,4 +1,5 @@
 """Source resolution: TFRecord shards, image folders, TFDS prepared offline, the demo, bad --data_dir."""
+import concurrent.futures
 import io
 import json
 import os
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 import input as I
-from input import sources, testdata
+from input import demo, sources, testdata
 
 
 def _labels_of(info, cfg, image_size=32):
@@ -204,13 +205,10 @@ def test_demo_half_written_cache_is_rebuilt(tmp_path):
 
 
 def test_demo_concurrent_builders_end_with_one_complete_cache(tmp_path):
-    import concurrent.futures
-    import multiprocessing
-
-    from input import demo
-
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+    """Two builders at once, as two test workers or two train.py runs start them. Threads rather than
+    processes: the builders meet only in the file system (a private temporary directory each, then a rename),
+    so threads race the same way without two more interpreters loading TensorFlow."""
+    with concurrent.futures.ThreadPoolExecutor(2) as ex:
         dirs = list(ex.map(demo.ensure_demo_tfrecords, [str(tmp_path)] * 2))
     assert dirs == [str(tmp_path / "v2")] * 2
     info = I.open_dataset(I.DataConfig(demo_cache_dir=str(tmp_path)))
