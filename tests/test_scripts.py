@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from conftest import TINY_MPARAMS
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "scripts" / "recipes"
 MODELS = ("B0", "B4")
@@ -211,24 +213,37 @@ def _representatives():
 SMOKE_RUNS = _representatives()
 
 
+# The training runs get the tests' tiny network appended (a recipe passes extra flags on, and the last wins;
+# evaluation and inference rebuild it from run_spec.json): these runs check that the launcher and each recipe's
+# flags start and finish every entry point, which does not depend on the network's size, while tracing the
+# recipes' own B0 and B4 (32 blocks) would make each run several times slower. test_model.py checks those.
+SMOKE_NETWORK = ("--mparams", TINY_MPARAMS)
+# The one recipe run twice: the second run resumes the finished one, as a rerun after preemption does. Which
+# model it trains does not change that code path.
+RERUN = next(rel for rel in SMOKE_RUNS if _kind(rel)[0] == "convergence")
+
+
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory):
-    """Runs the distinct smoke commands, two at a time (2 cores): per model its convergence recipe twice (the
-    second run resumes the finished one, as a rerun after preemption does), then its evaluation and inference
-    recipes on that checkpoint; the benchmarks fill the other slot. -> (out dir, {rel: [(proc, seconds), ...]})."""
+    """Runs the distinct smoke commands, two at a time (2 cores): per model its convergence recipe (RERUN twice),
+    then its evaluation and inference recipes on that checkpoint; the benchmarks fill the other slot.
+    -> (out dir, {rel: [(proc, seconds), ...]})."""
     out = tmp_path_factory.mktemp("recipes_smoke")
     env = {"SMOKE": "1", "OUTPUT_DIR": str(out), "TF_CPP_MIN_LOG_LEVEL": "2"}
     results = {}
 
     def run(rel):
         t0 = time.time()
-        results.setdefault(rel, []).append((_run(rel, env, timeout=600), time.time() - t0))
+        args = SMOKE_NETWORK if _kind(rel)[0] in ("convergence", "benchmark") else ()
+        results.setdefault(rel, []).append((_run(rel, env, args, timeout=600), time.time() - t0))
 
     def chain(model):
-        for kind in ("convergence", "convergence", "evaluation", "inference"):
+        for kind in ("convergence", "evaluation", "inference"):
             for rel in SMOKE_RUNS:
                 if rel.startswith(model) and _kind(rel)[0] == kind:
                     run(rel)
+                    if rel == RERUN:
+                        run(rel)
 
     benchmarks = [rel for rel in SMOKE_RUNS if _kind(rel)[0] == "benchmark"]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -266,7 +281,8 @@ def test_smoke_command_runs_and_leaves_its_files(smoke_runs, rel):
         assert path.is_file(), f"{rel} did not leave {path}"
     kind, model, prec, gpu = _kind(rel)
     if kind == "convergence":
-        # Run twice: the second run found the finished run and kept it (2 steps, not 4).
+        assert len(results[rel]) == (2 if rel == RERUN else 1)
+        # RERUN: the second run found the finished run and kept it (2 steps, not 4).
         assert json.loads((out / "smoke" / model / "summary.json").read_text())["steps"] == 2
     elif kind == "evaluation":
         report = json.loads(_smoke_files(out, rel)[0].read_text())

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import efficientnet
+from conftest import TINY_MPARAMS
 from efficientnet import pretrained
 from efficientnet.serving import with_trained_like_statistics
 from loops import freezing
@@ -184,24 +185,30 @@ def test_bad_init_checkpoint_is_a_one_line_error_before_anything_is_written(tmp_
 def test_train_py_fine_tunes_our_checkpoint_and_exits_1_with_one_line_for_a_bad_head(tiny_checkpoint, keras_file,
                                                                                       run_script, tmp_path):
     """The whole command: our train.py checkpoint (trainable weights saved under the optimizer's keys, EMA
-    shadows) as the start of a run that trains from block6a on, its raw weights chosen."""
+    shadows) as the start of a run that trains from block6a on, its raw weights chosen. The checkpoint is the
+    tests' tiny network (one block per stage): 5 weights in the stem, 14 in block1a, 19 in each of the 6
+    expanding blocks, 5 in the head, 2 in the classifier; from block6a on, 2 x 13 trainable in the blocks and
+    1 + 2 + 2 after them."""
     flags = ["--train_img_size", 32, "--eval_img_size", 32, "--max_epochs", 1, "--warmup_epochs", 0,
              "--steps_per_epoch", 2, "--train_batch_size", 8, "--moving_average_decay", 0.99, "--mode", "train"]
-    proc = run_script("train.py", "--model_dir", tmp_path / "ft", *flags, "--init_checkpoint", tiny_checkpoint,
-                      "--init_checkpoint_weights", "raw", "--trainable_from", "block6a")
+    proc = run_script("train.py", "--model_dir", tmp_path / "ft", *flags, "--mparams", TINY_MPARAMS,
+                      "--init_checkpoint", tiny_checkpoint, "--init_checkpoint_weights", "raw",
+                      "--trainable_from", "block6a")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"loaded 311 variables from {tiny_checkpoint} (ours, raw weights); classifier loaded" in proc.stdout
-    assert "Fine-tuning: 70 of 311 variables train (from block6a on)" in proc.stdout
-    start, end = (efficientnet.build_model("b0", 10) for _ in range(2))
+    assert f"loaded 140 variables from {tiny_checkpoint} (ours, raw weights); classifier loaded" in proc.stdout
+    assert "Fine-tuning: 31 of 140 variables train (from block6a on)" in proc.stdout
+    tiny = efficientnet.parse_overrides(TINY_MPARAMS)
+    start, end = (efficientnet.build_model("b0", 10, **tiny) for _ in range(2))
     pretrained.load_into(start, tiny_checkpoint, weights="raw")
     report = pretrained.load_into(end, str(tmp_path / "ft"), weights="raw")
-    assert report.assigned == 311
+    assert report.assigned == 140
     moved = changed(values(start), values(end))
     assert moved and all(name >= "block6a" and not name.startswith("stem") for name in moved), moved
     step = tf.train.load_checkpoint(str(tmp_path / "ft" / "ckpt-2")).get_tensor(
         "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")
     assert int(step) == 2  # the step (and with it the schedule) started anew
 
+    # The Keras file holds the full B0, which this run builds; its classifier has 7 classes.
     proc = run_script("train.py", "--model_dir", tmp_path / "bad", *flags, "--init_checkpoint", keras_file[0])
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
