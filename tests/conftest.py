@@ -23,19 +23,33 @@ def run_script():
     return _run
 
 
+# The network of tiny_checkpoint: B0 cut to one block per stage (7 blocks) at a quarter of its width. Its users
+# test mechanics (evaluation, prediction, export and its numerics, damage, fine-tuning), which do not depend on
+# the network's size; tracing and converting the full B0 would make each of them several times slower.
+TINY_MPARAMS = "depth_coefficient=0.1,width_coefficient=0.25"
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """model_dir of a 3-step B0 run on the embedded demo set (10 digit classes, 32 px) with EMA weights, made
-    once for all test workers (the first to need it trains it under a lock; the others wait and reuse it).
-    Tests read it; a test that needs to write into a model_dir copies it."""
-    shared = tmp_path_factory.getbasetemp().parent  # the same directory for every xdist worker of this run
+    """model_dir of a 3-step run (batch 16) of the tiny network (TINY_MPARAMS) on the embedded demo set (10 digit
+    classes, 32 px) with EMA weights, made once for all test workers (the first to need it trains it under a
+    lock; the others wait and reuse it). Tests read it; a test that needs to write into a model_dir copies it.
+
+    BatchNorm momentum 0.1 and EMA decay 0.5 let its evaluation-mode network (moving statistics, EMA weights)
+    follow those 3 steps: with the defaults it would still be the initial network, whose nearly uniform
+    probabilities an int8 copy cannot rank as it does."""
+    # Under xdist the parent of a worker's basetemp is this run's own directory, shared by its workers; without
+    # xdist it would be the user's directory of every pytest run, so the session's basetemp is used instead.
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     model_dir = shared / "tiny_ckpt"
     with open(shared / "tiny_ckpt.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (model_dir / "checkpoint").exists():
             proc = _run("train.py", "--model_dir", model_dir, "--train_img_size", 32, "--eval_img_size", 32,
-                        "--max_epochs", 1, "--warmup_epochs", 0, "--steps_per_epoch", 3, "--train_batch_size", 8,
-                        "--eval_batch_size", 16, "--moving_average_decay", 0.99, "--mode", "train")
+                        "--max_epochs", 1, "--warmup_epochs", 0, "--steps_per_epoch", 3, "--train_batch_size", 16,
+                        "--eval_batch_size", 64, "--moving_average_decay", 0.5, "--mode", "train",
+                        "--mparams", f"{TINY_MPARAMS},bn_momentum=0.1")
             assert proc.returncode == 0, proc.stderr[-3000:]
     return str(model_dir)
 

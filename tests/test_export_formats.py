@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 from flags import cli
+from loops.serving.config import PredictConfig
+from loops.serving.prediction import predict
 
-# int8 of the 3-step tiny checkpoint, whose probabilities are all close to 0.1: its top-1 is decided by
-# small margins, so this bound is loose; the trained model's figures are in docs/deployment.md.
+# int8 of the 3-step tiny checkpoint (about 13% top-1 on the demo digits): its top-1 is often decided by small
+# margins, so this bound is loose; the trained model's figures are in docs/deployment.md.
 INT8_MIN_AGREEMENT = 0.5
 DIGITS = 24
 
@@ -43,17 +45,15 @@ def exported(tiny_checkpoint, export_runtimes, run_script, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tf_top1(tiny_checkpoint, digit_files, run_script, tmp_path_factory):
-    """predict.py's TensorFlow path on the digit files: {file: top-1 class id}."""
+def tf_top1(tiny_checkpoint, digit_files, tmp_path_factory):
+    """predict.py's TensorFlow path on the digit files, in process (test_predict.py runs its command line):
+    (folder, top-1 class id per file)."""
     folder = tmp_path_factory.mktemp("digit_links")
     for k, f in enumerate(digit_files):
         os.symlink(f, folder / f"{k:03d}.jpg")
-    out = tmp_path_factory.mktemp("pred") / "tf.jsonl"
-    proc = run_script("predict.py", "--ckpt", tiny_checkpoint, "--backend", "tf", "--image_dir", folder,
-                      "--output", out, "--predict_batch_size", 8)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    return folder, np.array([r["top_k"][0]["class_id"] for r in rows])
+    result = predict(PredictConfig(ckpt=tiny_checkpoint, backend="tf", image_dir=str(folder), batch_size=8))
+    assert not result.errors and result.metrics["images"] == len(digit_files)
+    return folder, np.array([r["top_k"][0]["class_id"] for r in result.rows])
 
 
 def _preprocessed(folder, info):
@@ -152,17 +152,21 @@ def test_litert_interpreter_classifies_like_predict_and_int8_mostly_agrees(expor
 
 @pytest.mark.slow
 def test_predict_runs_the_export_in_each_backend(exported, tf_top1, run_script, tmp_path):
+    """predict.py --model on the export directory as a command (ONNX Runtime, the default for a directory
+    holding model.onnx); the TFLite file and the SavedModel through the same predict() in process, since only
+    the runtime they open differs."""
     out, _ = exported
     folder, expected = tf_top1
-    for model, backend, runtime in ((out, None, "ONNX Runtime"), (out / "model_fp32.tflite", None, "LiteRT"),
-                                    (out, "tf", "TensorFlow SavedModel")):
-        target = tmp_path / f"{runtime}.jsonl"
-        chosen = ["--backend", backend] if backend else []
-        proc = run_script("predict.py", "--model", model, "--image_dir", folder, "--output", target, *chosen)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert runtime in proc.stdout
-        top = [json.loads(line)["top_k"][0]["class_id"] for line in target.read_text().splitlines()]
-        np.testing.assert_array_equal(top, expected)
+    target = tmp_path / "onnx.jsonl"
+    proc = run_script("predict.py", "--model", out, "--image_dir", folder, "--output", target)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ONNX Runtime" in proc.stdout
+    np.testing.assert_array_equal([json.loads(line)["top_k"][0]["class_id"]
+                                   for line in target.read_text().splitlines()], expected)
+    for model, backend, runtime in ((out / "model_fp32.tflite", None, "LiteRT"), (out, "tf", "TensorFlow SavedModel")):
+        result = predict(PredictConfig(model=str(model), backend=backend, image_dir=str(folder)))
+        assert result.runtime.startswith(runtime), result.runtime
+        np.testing.assert_array_equal([r["top_k"][0]["class_id"] for r in result.rows], expected)
 
 
 @pytest.mark.slow

@@ -19,12 +19,11 @@ from loops.restore import display_class_names, imagenet_class_names, restore
 from loops.checkpoints import RunSpec
 
 
-def _expected_probs(ckpt, path):
-    """The in-process EMA model on exactly the evaluation preprocessing of the file."""
-    r = restore(ckpt)
-    r.use_ema_weights()
-    x = data.preprocess_for_eval(tf.io.read_file(path), r.spec.eval_img_size, r.spec.preprocessing)
-    return tf.nn.softmax(r.model(x[None], training=False)).numpy()[0]
+def _expected_probs(restored, path):
+    """The in-process restored model on exactly the evaluation preprocessing of the file."""
+    spec = restored.spec
+    x = data.preprocess_for_eval(tf.io.read_file(path), spec.eval_img_size, spec.preprocessing)
+    return tf.nn.softmax(restored.model(x[None], training=False)).numpy()[0]
 
 
 @pytest.mark.slow
@@ -47,8 +46,10 @@ def test_folder_with_corrupt_file_and_png_predicts_the_rest_in_order(tiny_checkp
     for bad in ("b_corrupt.jpg", "d_notes.txt"):
         assert bad in proc.stderr
     names = [str(i) for i in range(10)]  # the demo set's own label names
+    restored = restore(tiny_checkpoint)
+    restored.use_ema_weights()
     for r in (rows[0], rows[2], rows[4]):
-        expected = _expected_probs(tiny_checkpoint, r["file"])
+        expected = _expected_probs(restored, r["file"])
         assert len(r["top_k"]) == 3
         assert [t["class_id"] for t in r["top_k"]] == list(np.argsort(-expected, kind="stable")[:3])
         for t in r["top_k"]:

@@ -1,6 +1,7 @@
 """scripts/: the recipe layout, the reference's hyperparameters in every full-size command (DRY_RUN=1, no Python),
-and every distinct smoke-mode command (SMOKE=1: demo data, 32 px, 2 steps, CPU) run for real, asserting exit codes
-and the files each leaves behind."""
+every full-size and smoke-mode command (SMOKE=1: demo data, 32 px, 2 steps, CPU) accepted by its entry point's
+flag parser, and the smoke commands of every distinct code path run for real, asserting exit codes and the
+files each leaves behind."""
 
 import concurrent.futures
 import functools
@@ -13,6 +14,12 @@ import sys
 import time
 
 import pytest
+from absl import flags as absl_flags
+
+from conftest import TINY_MPARAMS
+from flags import cli
+from loops.config import EvalConfig, TrainConfig
+from loops.serving.config import PredictConfig
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "scripts" / "recipes"
@@ -170,11 +177,12 @@ def test_smoke_command_is_cpu_sized_fp32_without_xla():
     assert _flag(cmd, "--arch") == "efficientnet-b4" and _flag(cmd, "--mixup_alpha") == "0.2"
 
 
-# --- Every recipe, run for real in smoke mode -------------------------------------------------------------------
+# --- Every recipe, in smoke mode -------------------------------------------------------------------------------
 # In smoke mode the precision and GPU type of a recipe only name its output files (smoke runs are fp32 on the CPU
-# at one small batch), so the 42 recipes make 8 distinct commands: each is run once, and every recipe is checked
-# to be one of them but for those names.
+# at one small batch), so the 42 recipes make 8 distinct commands, and every recipe is checked to be one of them
+# but for those names. Every command is parsed by its entry point; the distinct code paths run for real.
 _PER_RECIPE_NAME = re.compile(r"(?<=_)(AMP|TF32|FP32)(?=_8x|\.jsonl)|(?<=_8x)(A100-80G|V100-32G)")
+CONFIGS = {"train.py": TrainConfig, "evaluate.py": EvalConfig, "predict.py": PredictConfig}
 
 
 @functools.lru_cache(maxsize=None)
@@ -208,27 +216,62 @@ def _representatives():
     return picked
 
 
-SMOKE_RUNS = _representatives()
+DISTINCT = _representatives()
+# Run for real: both convergence recipes (B4's train step mixes images, B0's does not) and B4's benchmark,
+# evaluation and inference recipes; B0's differ from those only in the model's name and flags that do not change
+# their code path (test_b0_smoke_command_is_the_run_b4_one_but_for_the_model).
+SMOKE_RUNS = [rel for rel in DISTINCT if _kind(rel)[0] == "convergence" or _kind(rel)[1] == "B4"]
+# The training runs get the tests' tiny network appended (a recipe passes extra flags on, and the last wins;
+# evaluation and inference rebuild it from run_spec.json): these runs check that the launcher and each recipe's
+# flags start and finish every entry point, which does not depend on the network's size, while tracing the
+# recipes' own B0 and B4 (32 blocks) would make each run several times slower. test_model.py checks those.
+SMOKE_NETWORK = ("--mparams", TINY_MPARAMS)
+# The one recipe run twice: the second run resumes the finished one, as a rerun after preemption does. Which
+# model it trains does not change that code path.
+RERUN = next(rel for rel in SMOKE_RUNS if _kind(rel)[0] == "convergence")
+
+
+def _parse(command):
+    """The config the command's entry point builds from its flags, every rule checked, without running it."""
+    if command[0].startswith("CUDA_VISIBLE_DEVICES="):
+        command = command[1:]
+    script, *args = command[1:]
+    values = absl_flags.FlagValues()
+    cli.define(CONFIGS[script], values)
+    values([script, *args])
+    return cli.build(CONFIGS[script], values)
+
+
+@pytest.mark.parametrize("rel", ALL_RECIPES)
+def test_every_recipe_command_is_accepted_by_its_entry_point(rel):
+    kind, model, _, _ = _kind(rel)
+    for command in (_dry_run(rel, {"OUTPUT_DIR": "/results"}), _smoke_command(rel)):
+        config = _parse(command)
+        if kind in ("convergence", "benchmark"):
+            assert config.variant == model.lower()
 
 
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory):
-    """Runs the distinct smoke commands, two at a time (2 cores): per model its convergence recipe twice (the
-    second run resumes the finished one, as a rerun after preemption does), then its evaluation and inference
-    recipes on that checkpoint; the benchmarks fill the other slot. -> (out dir, {rel: [(proc, seconds), ...]})."""
+    """Runs SMOKE_RUNS, two at a time (2 cores): per model its convergence recipe (RERUN twice), then for B4
+    its evaluation and inference recipes on that checkpoint; the benchmark fills the other slot.
+    -> (out dir, {rel: [(proc, seconds), ...]})."""
     out = tmp_path_factory.mktemp("recipes_smoke")
     env = {"SMOKE": "1", "OUTPUT_DIR": str(out), "TF_CPP_MIN_LOG_LEVEL": "2"}
     results = {}
 
     def run(rel):
         t0 = time.time()
-        results.setdefault(rel, []).append((_run(rel, env, timeout=600), time.time() - t0))
+        args = SMOKE_NETWORK if _kind(rel)[0] in ("convergence", "benchmark") else ()
+        results.setdefault(rel, []).append((_run(rel, env, args, timeout=600), time.time() - t0))
 
     def chain(model):
-        for kind in ("convergence", "convergence", "evaluation", "inference"):
+        for kind in ("convergence", "evaluation", "inference"):
             for rel in SMOKE_RUNS:
                 if rel.startswith(model) and _kind(rel)[0] == kind:
                     run(rel)
+                    if rel == RERUN:
+                        run(rel)
 
     benchmarks = [rel for rel in SMOKE_RUNS if _kind(rel)[0] == "benchmark"]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -238,15 +281,15 @@ def smoke_runs(tmp_path_factory):
 
 
 def test_the_42_recipes_make_8_distinct_smoke_commands():
-    assert len(SMOKE_RUNS) == 8
-    assert sorted(_kind(rel)[:2] for rel in SMOKE_RUNS) == sorted(
+    assert len(DISTINCT) == 8
+    assert sorted(_kind(rel)[:2] for rel in DISTINCT) == sorted(
         (kind, model) for kind in ("benchmark", "convergence", "evaluation", "inference") for model in MODELS)
 
 
 @pytest.mark.parametrize("rel", ALL_RECIPES)
-def test_each_recipe_smoke_command_is_a_run_one_but_for_its_file_names(rel):
+def test_each_recipe_smoke_command_is_one_of_the_8_but_for_its_file_names(rel):
     command = _smoke_command(rel)
-    runs = [r for r in SMOKE_RUNS if _generic(_smoke_command(r)) == _generic(command)]
+    runs = [r for r in DISTINCT if _generic(_smoke_command(r)) == _generic(command)]
     assert len(runs) == 1, (rel, runs)
     kind, model, prec, gpu = _kind(rel)
     # The names it differs by are its own, so recipes of one model never overwrite each other's results.
@@ -254,6 +297,25 @@ def test_each_recipe_smoke_command_is_a_run_one_but_for_its_file_names(rel):
     expected = {"convergence": 0, "benchmark": 1, "evaluation": 1, "inference": 1}[kind]
     assert len(named) == expected, command
     assert all(prec in w and (gpu is None or gpu in w) for w in named), command
+
+
+@pytest.mark.parametrize("kind", ["benchmark", "evaluation", "inference"])
+def test_b0_smoke_command_is_the_run_b4_one_but_for_the_model(kind):
+    """Evaluation and inference read the network from the model directory, so B0's commands name only another
+    directory; the training benchmark also builds another --arch and leaves out B4's image mixing, which it
+    does not apply (its step is built without mixing). B0's flags pass train.py's parser too
+    (test_every_recipe_command_is_accepted_by_its_entry_point)."""
+    b0, b4 = (next(rel for rel in DISTINCT if _kind(rel)[:2] == (kind, model)) for model in MODELS)
+    assert b4 in SMOKE_RUNS and b0 not in SMOKE_RUNS
+    b0_command = [word.replace("/smoke/B0", "/smoke/B4").replace("efficientnet-b0", "efficientnet-b4")
+                  for word in _generic(_smoke_command(b0))]
+    b4_command = _generic(_smoke_command(b4))
+    if kind == "benchmark":
+        mixing = b4_command.index("--mixup_alpha")
+        assert b4_command[mixing:mixing + 3] == ["--mixup_alpha", "0.2", "--defer_img_mixing"], b4_command
+        del b4_command[mixing:mixing + 3]
+    assert b0_command == b4_command
+    assert b0_command != _generic(_smoke_command(b0))  # the model's name was there to replace
 
 
 @pytest.mark.slow
@@ -266,7 +328,8 @@ def test_smoke_command_runs_and_leaves_its_files(smoke_runs, rel):
         assert path.is_file(), f"{rel} did not leave {path}"
     kind, model, prec, gpu = _kind(rel)
     if kind == "convergence":
-        # Run twice: the second run found the finished run and kept it (2 steps, not 4).
+        assert len(results[rel]) == (2 if rel == RERUN else 1)
+        # RERUN: the second run found the finished run and kept it (2 steps, not 4).
         assert json.loads((out / "smoke" / model / "summary.json").read_text())["steps"] == 2
     elif kind == "evaluation":
         report = json.loads(_smoke_files(out, rel)[0].read_text())
