@@ -99,9 +99,10 @@ SlurmctldLogFile=$DIR/slurmctld.log
 SlurmdLogFile=$DIR/slurmd.log
 SlurmctldPort=6817
 SlurmdPort=6818
-# sbatch --wait polls a job after 2 s, then every min(32, 4 x 2 s) while that stays below MinJobAge / 2: with the
-# default 300 a finished test job is noticed up to 32 s late; with 16, within 8 s (and kept 16 s for sbatch to see).
-MinJobAge=16
+# sbatch --wait polls a job after 2 s, then every min(32, 4 x 2 s) while that stays below MinJobAge / 2 (integer
+# division): with the default 300 a finished test job is noticed up to 32 s late; with 5, every 2 s, and its
+# record is kept at least 5 s (until slurmctld's next purge pass), for the next poll to find.
+MinJobAge=5
 KillWait=10
 # A requeued job may start again only cred_expire + 1 s after the requeue (Slurm sets its begin time so): the
 # new launch credential must be newer, to the second, than the revocation of the old run's, or slurmd refuses

@@ -76,9 +76,12 @@ def _sbatch(env, out, *args, timeout=900):
     return proc.returncode, text + err
 
 
-def test_sbatch_trains_b0_on_two_workers_with_multiworker_mirrored_strategy(slurm_env, tmp_path):
+def test_sbatch_runs_the_b0_recipe_on_two_workers_with_multiworker_mirrored_strategy(slurm_env, tmp_path):
     model_dir = tmp_path / "model"
-    env = {**slurm_env, "SMOKE": "1", "MODEL_DIR": str(model_dir), "EXTRA_ARGS": "--steps_per_epoch 3"}
+    # The recipe's flags with B0 at quarter width and one block per stage: the Slurm launch, the cluster
+    # resolution and the two-worker training and evaluation are the same, without two workers tracing full B0.
+    env = {**slurm_env, "SMOKE": "1", "MODEL_DIR": str(model_dir),
+           "EXTRA_ARGS": "--steps_per_epoch 3 --mparams depth_coefficient=0.1,width_coefficient=0.25"}
     t0 = time.time()
     rc, log = _sbatch(env, tmp_path / "job.out")
     print(f"2-worker sbatch job: {time.time() - t0:.1f} s")

@@ -40,7 +40,7 @@ def corner_squares(tmp_path_factory):
 
 def _accuracy(folder, preprocessing) -> float:
     cfg = I.DataConfig(data_dir=folder)
-    return validation_accuracy(I.open_dataset(cfg), cfg, preprocess=preprocessing, batch_size=32, steps=60)
+    return validation_accuracy(I.open_dataset(cfg), cfg, preprocess=preprocessing, batch_size=32, steps=30)
 
 
 def test_small_images_learn_with_the_decided_preprocessing_and_not_with_imagenet_crops(corner_squares):
