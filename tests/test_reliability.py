@@ -13,6 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from loops.checkpoints import DamagedCheckpoint
+from loops.config import EvalConfig, TrainConfig
+from loops.offline_evaluation import evaluate_checkpoint
+from loops.parallel.distribution import create_engine
+from loops.training import train
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # 2 epochs x 6 steps at 32 px on the demo set of a B0 cut to 7 blocks at a quarter width (these faults concern
 # the loop, not the network; tracing the full B0 would double each run), no dropout so runs compare bit for bit.
@@ -57,11 +63,29 @@ def final_state(model_dir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted_dir(tmp_path_factory):
+    """The uninterrupted run's model_dir, with a checkpoint after each epoch (ckpt-6, ckpt-12) and every 3 steps
+    (ckpt-9 kept; --keep_checkpoints 3): the runs below that resume from its checkpoints copy it. Saving leaves
+    the trained state as it is, so the runs that save otherwise compare with it too."""
     model_dir = tmp_path_factory.mktemp("uninterrupted")
-    code, _, err = finish(start(model_dir))
+    code, _, err = finish(start(model_dir, "--save_checkpoint_freq", "1", "--save_checkpoint_steps", "3"))
     assert code == 0, err[-3000:]
-    return final_state(model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_dir):
+    return final_state(uninterrupted_dir)
+
+
+def rolled_back(model_dir, to, step):
+    """A copy of model_dir at `to` as a run stopped after its checkpoint of `step` leaves it (later ones gone)."""
+    shutil.copytree(model_dir, to)
+    for path in to.glob("ckpt-*"):
+        if int(path.name.split("-")[1].split(".")[0]) > step:
+            path.unlink()
+    tf.compat.v1.train.update_checkpoint_state(str(to), str(to / f"ckpt-{step}"))
+    return to
 
 
 def assert_same_state(state, expected):
@@ -70,17 +94,30 @@ def assert_same_state(state, expected):
         np.testing.assert_allclose(state[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def stopped_step(out):
+    return int(out.split("Stopped by ", 1)[1].split(" at step ", 1)[1].split(";")[0])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
-def test_preemption_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, uninterrupted, signum):
+def test_preemption_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, uninterrupted):
+    """SIGUSR1 stops the first run mid-epoch, SIGTERM the resumed one a step or so later (a requeued job may be
+    preempted again); the third run ends with the uninterrupted run's state."""
     proc = start(tmp_path)
     wait_for(lambda: len(train_records(tmp_path)) >= 3, proc)
-    proc.send_signal(signum)
+    proc.send_signal(signal.SIGUSR1)
     code, out, _ = finish(proc)
     assert code == 75
-    assert f"Stopped by {signal.Signals(signum).name}" in out
+    assert "Stopped by SIGUSR1 at step" in out
     stopped_at = tf.train.load_checkpoint(str(tmp_path)).get_tensor("examples_in_epoch/.ATTRIBUTES/VARIABLE_VALUE") // 8
-    assert 3 <= stopped_at < 12  # a step after the signal, not an epoch boundary's worth later
+    assert 3 <= stopped_at < 6 and stopped_step(out) == stopped_at  # a step after the signal, not the epoch's end
+    logged = len(train_records(tmp_path))
+    proc = start(tmp_path)
+    wait_for(lambda: len(train_records(tmp_path)) > logged, proc)
+    proc.send_signal(signal.SIGTERM)
+    code, out, _ = finish(proc)
+    assert code == 75
+    assert f"Resuming from {tmp_path / f'ckpt-{stopped_at}'}: epoch 1, example {8 * stopped_at} of 48" in out
+    assert "Stopped by SIGTERM at step" in out and stopped_at < stopped_step(out) < 12
     code, out, err = finish(start(tmp_path))
     assert code == 0, err[-3000:]
     assert "Resuming from" in out
@@ -103,32 +140,31 @@ def test_sigkill_while_checkpointing_every_step_resumes_from_the_last_complete_c
 
 
 @pytest.mark.slow
-def test_persistent_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path):
-    code, _, err = finish(start(tmp_path, "--max_epochs", "1", "--optimizer", "sgd"))
-    assert code == 0, err[-3000:]
-    good = tf.train.latest_checkpoint(str(tmp_path))
-    good_files = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name.startswith("ckpt")}
-    # Same run, continued for a second epoch with a learning rate that blows the weights up.
-    code, _, err = finish(start(tmp_path, "--max_epochs", "2", "--optimizer", "sgd", "--lr_init", "1e9",
-                                "--max_bad_steps", "2"))
+def test_persistent_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, uninterrupted_dir):
+    run = rolled_back(uninterrupted_dir, tmp_path / "run", 6)
+    good = tf.train.latest_checkpoint(str(run))
+    good_files = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name.startswith("ckpt")}
+    # The run after its first epoch, continued with a learning rate that blows the weights up (a step of 1e30
+    # takes float32 activations past their range at once; RMSprop's steps do not grow with the gradient).
+    code, _, err = finish(start(run, "--lr_init", "1e30", "--max_bad_steps", "2"))
     assert code == 1
     assert "consecutive steps, up to step" in err and "epoch 2" in err
-    assert tf.train.latest_checkpoint(str(tmp_path)) == good
-    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name.startswith("ckpt")} == good_files
+    assert tf.train.latest_checkpoint(str(run)) == good
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name.startswith("ckpt")} == good_files
 
 
 @pytest.mark.slow
-def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
+def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, uninterrupted_dir):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    # Room for one checkpoint of this model (about 65 MB with optimizer slots and EMA), not for two.
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(disk)]).returncode:
+    # Room for one checkpoint of this run (the same model as the uninterrupted one's) and its logs, not for two.
+    size = sum(p.stat().st_size for p in uninterrupted_dir.glob("ckpt-6.*"))
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2 // 1024}k", "tmpfs", str(disk)]).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        code, out, err = finish(start(disk, "--save_checkpoint_freq", "1", "--keep_checkpoints", "5",
-                                      "--mparams", "dropout_rate=0,drop_connect_rate=0"))  # the full B0
+        code, out, err = finish(start(disk, "--save_checkpoint_freq", "1", "--keep_checkpoints", "5"))
         assert code == 1
         assert "could not write a checkpoint to --model_dir" in err and "is intact" in err
         assert tf.train.latest_checkpoint(str(disk)).endswith("ckpt-6")
@@ -145,19 +181,23 @@ def test_unwritable_model_dir_is_refused_at_start(tmp_path):
     assert f"--model_dir {blocker / 'run'} is not writable" in err
 
 
+def lock_holder(model_dir):
+    path = pathlib.Path(model_dir) / "train.lock"
+    return path.read_text() if path.exists() else ""
+
+
 @pytest.mark.slow
 def test_a_second_run_on_the_same_model_dir_is_refused_until_the_first_dies(tmp_path):
     first = start(tmp_path, "--max_epochs", "50")
-    wait_for(lambda: len(train_records(tmp_path)) >= 1, first)
+    wait_for(lambda: lock_holder(tmp_path).startswith(f"pid {first.pid} "), first)
     code, _, err = finish(start(tmp_path), timeout=120)
     assert code == 1
     assert "is in use by another training run (pid" in err and str(first.pid) in err
     first.kill()
     first.wait()
-    # The kernel released the dead run's lock: the next run starts (and resumes) at once.
-    logged = len(train_records(tmp_path))
+    # The kernel released the dead run's lock: the next run takes it at once.
     third = start(tmp_path, "--max_epochs", "50")
-    wait_for(lambda: len(train_records(tmp_path)) > logged, third)
+    wait_for(lambda: lock_holder(tmp_path).startswith(f"pid {third.pid} "), third)
     third.kill()
     third.wait()
 
@@ -178,43 +218,43 @@ def damage(prefix, part, how):
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def checkpoint_per_epoch(tmp_path_factory):
-    """The uninterrupted run's model_dir, with a checkpoint after each epoch: ckpt-6 and ckpt-12."""
-    model_dir = tmp_path_factory.mktemp("checkpoint_per_epoch")
-    code, _, err = finish(start(model_dir, "--save_checkpoint_freq", "1"))
-    assert code == 0, err[-3000:]
-    return model_dir
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("part,how", [("data", "truncated"), ("index", "bit-flipped")])
-def test_damaged_newest_checkpoint_resumes_from_the_newest_intact_one(tmp_path, checkpoint_per_epoch, uninterrupted,
-                                                                      part, how):
-    """The final checkpoint is damaged (a partial copy, a disk fault): the rerun names the file, sets it aside,
-    trains epoch 2 again from ckpt-6 and ends exactly as the uninterrupted run."""
+def test_damaged_newest_checkpoint_resumes_from_the_newest_intact_one(tmp_path, uninterrupted_dir, uninterrupted):
+    """The two newest checkpoints are damaged (a partial copy, a disk fault): ckpt-12's data file truncated,
+    ckpt-9's index bit-flipped. The rerun names each file, sets them aside, trains epoch 2 again from ckpt-6 and
+    ends exactly as the uninterrupted run."""
     run = tmp_path / "run"
-    shutil.copytree(checkpoint_per_epoch, run)
-    damaged = damage(str(run / "ckpt-12"), part, how)
+    shutil.copytree(uninterrupted_dir, run)
+    damaged = [damage(str(run / "ckpt-12"), "data", "truncated"), damage(str(run / "ckpt-9"), "index", "bit-flipped")]
     code, out, err = finish(start(run, "--save_checkpoint_freq", "1"))
     assert code == 0, err[-3000:]
-    assert f"Warning: Checkpoint {run / 'ckpt-12'} is damaged ({damaged}: " in out, out[-3000:]
+    for step, path in zip((12, 9), damaged):
+        assert f"Warning: Checkpoint {run / f'ckpt-{step}'} is damaged ({path}: " in out, out[-3000:]
+        assert pathlib.Path(path + ".damaged").exists()  # kept for inspection, out of the way of new saves
     assert f"Falling back to {run / 'ckpt-6'}, the newest intact checkpoint" in out
     assert f"Resuming from {run / 'ckpt-6'}: epoch 2, example 0 of 48, step 6" in out
-    assert pathlib.Path(damaged + ".damaged").exists()  # kept for inspection, out of the way of new saves
     assert tf.train.latest_checkpoint(str(run)) == str(run / "ckpt-12")
     assert_same_state(final_state(run), uninterrupted)
 
 
-@pytest.mark.parametrize("part,how", [("data", "truncated"), ("data", "bit-flipped"), ("index", "truncated"),
-                                      ("index", "bit-flipped")])
-def test_evaluate_names_the_damaged_checkpoint_file_in_one_line(tiny_checkpoint, tmp_path, run_script, part, how):
+@pytest.mark.parametrize("part,how,command_line", [("data", "truncated", True), ("data", "bit-flipped", False),
+                                                   ("index", "truncated", False), ("index", "bit-flipped", False)])
+def test_evaluate_names_the_damaged_checkpoint_file_in_one_line(tiny_checkpoint, tmp_path, run_script, part, how,
+                                                                command_line):
+    """evaluate.py prints the error evaluate_checkpoint raises as its one error line: one kind of damage goes
+    through the command line, the others call evaluate_checkpoint in this process."""
     model_dir = tmp_path / "run"
     shutil.copytree(tiny_checkpoint, model_dir)
     damaged = damage(tf.train.latest_checkpoint(str(model_dir)), part, how)
-    out = run_script("evaluate.py", "--ckpt", model_dir, timeout=300)
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    [error] = [line for line in out.stderr.splitlines() if line.startswith("evaluate.py: error:")]
+    if command_line:
+        out = run_script("evaluate.py", "--ckpt", model_dir, timeout=300)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+        [error] = [line for line in out.stderr.splitlines() if line.startswith("evaluate.py: error:")]
+    else:
+        with pytest.raises(DamagedCheckpoint) as caught:
+            evaluate_checkpoint(EvalConfig(ckpt=str(model_dir)), create_engine())
+        error = str(caught.value)
+        assert "\n" not in error
     assert f"is damaged ({damaged}: " in error and "no other checkpoint is kept beside it" in error, error
 
 
@@ -278,10 +318,18 @@ def test_odd_images_and_an_empty_shard_decode_to_three_channels_in_train_and_eva
 @pytest.mark.parametrize("flags,field", [(["--arch", "efficientnet-b1"], "variant"),
                                          (["--mparams", "dropout_rate=0.5"], "model_overrides")])
 def test_model_dir_of_another_network_is_refused(tiny_checkpoint, run_script, tmp_path, flags, field):
+    """The variant through train.py's command line; the overrides (the same check) through train() here."""
     model_dir = shutil.copytree(tiny_checkpoint, tmp_path / "run")  # the shared checkpoint stays untouched
     before = tf.train.latest_checkpoint(str(model_dir))
-    out = run_script("train.py", "--model_dir", model_dir, "--train_img_size", 32, "--steps_per_epoch", 1,
-                     *flags, timeout=300)
-    assert out.returncode == 1
-    assert f"holds a run with {field}=" in out.stderr and "cannot be loaded into this model" in out.stderr
+    if flags[0] == "--arch":
+        out = run_script("train.py", "--model_dir", model_dir, "--train_img_size", 32, "--steps_per_epoch", 1,
+                         *flags, timeout=300)
+        assert out.returncode == 1
+        error = out.stderr
+    else:
+        with pytest.raises(ValueError) as caught:
+            train(TrainConfig(model_dir=str(model_dir), train_img_size=32, steps_per_epoch=1,
+                              model_overrides={"dropout_rate": 0.5}), create_engine())
+        error = str(caught.value)
+    assert f"holds a run with {field}=" in error and "cannot be loaded into this model" in error
     assert tf.train.latest_checkpoint(str(model_dir)) == before
