@@ -37,7 +37,8 @@ def start(model_dir, *extra):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc, timeout=600):
+# Bounds for a run that hangs, not waits: a run on a machine shared by a few test sessions starts in minutes.
+def finish(proc, timeout=900):
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
 
@@ -49,7 +50,7 @@ def train_records(model_dir):
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == "train"]
 
 
-def wait_for(predicate, proc, timeout=300):
+def wait_for(predicate, proc, timeout=900):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
