@@ -11,8 +11,11 @@ import pytest
 
 import input as data
 from input.config import DataConfig
+from loops.checkpoints import RunSpec
+from loops.config import EvalConfig
 from loops.evaluation import EvalResult, latency_percentiles
-from loops.offline_evaluation import METRICS, results_table
+from loops.offline_evaluation import METRICS, evaluate_checkpoint, results_table
+from loops.parallel.distribution import create_engine
 from loops.restore import restore
 
 
@@ -56,8 +59,18 @@ def _hand_metrics(model, info, image_size, preprocess):
     return len(labels), top1, top5, loss
 
 
+@pytest.fixture(scope="module")
+def hand_metrics(tiny_checkpoint):
+    """_hand_metrics of the tiny checkpoint's raw and EMA weights, with the preprocessing its run recorded."""
+    info = data.open_dataset(DataConfig())
+    restored = restore(tiny_checkpoint)
+    raw = _hand_metrics(restored.model, info, 32, restored.spec.preprocessing)
+    restored.use_ema_weights()
+    return {"": raw, "_ema": _hand_metrics(restored.model, info, 32, restored.spec.preprocessing)}
+
+
 @pytest.mark.slow
-def test_evaluate_matches_a_hand_computation_for_raw_and_ema(tiny_checkpoint, run_script, tmp_path):
+def test_evaluate_matches_a_hand_computation_for_raw_and_ema(tiny_checkpoint, run_script, tmp_path, hand_metrics):
     out = tmp_path / "eval.json"
     proc = run_script("evaluate.py", "--ckpt", os.path.join(tiny_checkpoint, "ckpt-3"), "--eval_batch_size", 16,
                       "--output", out)
@@ -68,15 +81,11 @@ def test_evaluate_matches_a_hand_computation_for_raw_and_ema(tiny_checkpoint, ru
     assert res["weights"] == "both" and res["eval_img_size"] == 32
     assert res["best_weights"] in ("raw", "ema")
 
-    info = data.open_dataset(DataConfig())
-    restored = restore(tiny_checkpoint)
     # The run recorded the whole-image eval crop it chose for the demo's small images; evaluation applies it.
-    assert restored.spec.preprocessing.eval_fraction(32) == res["eval_crop_fraction"] == 1.0
+    assert RunSpec.load(tiny_checkpoint).preprocessing.eval_fraction(32) == res["eval_crop_fraction"] == 1.0
     for suffix in ("", "_ema"):
-        if suffix:
-            restored.use_ema_weights()
-        n, top1, top5, loss = _hand_metrics(restored.model, info, 32, restored.spec.preprocessing)
-        assert n == info.num_eval_examples == res[f"eval_examples{suffix}"] == 359
+        n, top1, top5, loss = hand_metrics[suffix]
+        assert n == data.open_dataset(DataConfig()).num_eval_examples == res[f"eval_examples{suffix}"] == 359
         assert res[f"eval_accuracy_top_1{suffix}"] == pytest.approx(top1, abs=1e-9)
         assert res[f"eval_accuracy_top_5{suffix}"] == pytest.approx(top5, abs=1e-9)
         assert res[f"eval_loss{suffix}"] == pytest.approx(loss, rel=1e-4)
@@ -102,16 +111,14 @@ print(json.dumps({k: res[k] for k in ("replicas", "eval_examples", "eval_accurac
 
 
 @pytest.mark.slow
-def test_evaluation_on_two_replicas_counts_every_example_once(tiny_checkpoint, tmp_path):
+def test_evaluation_on_two_replicas_counts_every_example_once(tiny_checkpoint, tmp_path, hand_metrics):
     # 359 examples in global batches of 14: the last batch is padded, and padding must not count.
     proc = subprocess.run([sys.executable, "-c", _TWO_REPLICAS, tiny_checkpoint, str(tmp_path / "e.json")],
                           cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout.strip().splitlines()[-1])
-    info = data.open_dataset(DataConfig())
-    restored = restore(tiny_checkpoint, with_ema=False)
-    n, top1, top5, _ = _hand_metrics(restored.model, info, 32, restored.spec.preprocessing)
+    n, top1, top5, _ = hand_metrics[""]
     assert two["replicas"] == 2
     assert two["eval_examples"] == n == 359
     assert two["eval_accuracy_top_1"] == pytest.approx(top1, abs=1e-9)
@@ -120,10 +127,6 @@ def test_evaluation_on_two_replicas_counts_every_example_once(tiny_checkpoint, t
 
 @pytest.mark.slow
 def test_eval_crop_flags_override_the_recorded_ones(tiny_checkpoint, tmp_path):
-    from loops.config import EvalConfig
-    from loops.offline_evaluation import evaluate_checkpoint
-    from loops.parallel.distribution import create_engine
-
     cfg = EvalConfig(ckpt=tiny_checkpoint, weights="raw", eval_batch_size=64, output=str(tmp_path / "e.json"),
                      preprocess=data.EvalPreprocessing(crop_padding=32, resize_method="bicubic"))
     res = evaluate_checkpoint(cfg, create_engine())
@@ -142,10 +145,11 @@ def test_ckpt_pointing_nowhere_is_a_clear_error(run_script, tmp_path):
     assert f"--ckpt {missing}" in proc.stderr and "not found" in proc.stderr
 
 
-def test_model_dir_without_checkpoint_is_a_clear_error(run_script, tmp_path):
-    proc = run_script("evaluate.py", "--ckpt", tmp_path)
-    assert proc.returncode == 1
-    assert f"no checkpoint in {tmp_path}" in proc.stderr
+def test_model_dir_without_checkpoint_is_a_clear_error(tmp_path):
+    """evaluate.py prints this error as the one above (exit code 1); here from evaluate_checkpoint itself."""
+    with pytest.raises(FileNotFoundError) as caught:
+        evaluate_checkpoint(EvalConfig(ckpt=str(tmp_path)), create_engine())
+    assert f"no checkpoint in {tmp_path}" in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_missing_ckpt_flag_is_a_usage_error(run_script):

@@ -13,11 +13,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from input import testdata
+from loops.checkpoints import DamagedCheckpoint
+from loops.config import EvalConfig, TrainConfig
+from loops.offline_evaluation import evaluate_checkpoint
+from loops.parallel.distribution import create_engine
+from loops.safety import ModelDirLock
+from loops.training import train
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-# 2 epochs x 6 steps at 32 px on the demo set of a B0 cut to 7 blocks at a quarter width (these faults concern
+# 3 epochs x 6 steps at 32 px on the demo set of a B0 cut to 7 blocks at a quarter width (these faults concern
 # the loop, not the network; tracing the full B0 would double each run), no dropout so runs compare bit for bit.
+# A process costs its start and its tracing, hardly its steps: 18 of them leave room to interrupt a run thrice.
 TINY = ["--train_img_size", "32", "--eval_img_size", "32", "--train_batch_size", "8", "--steps_per_epoch", "6",
-        "--max_epochs", "2", "--warmup_epochs", "1", "--mode", "train", "--log_steps", "1",
+        "--max_epochs", "3", "--warmup_epochs", "1", "--mode", "train", "--log_steps", "1",
         "--moving_average_decay", "0.99",
         "--mparams", "dropout_rate=0,drop_connect_rate=0,depth_coefficient=0.1,width_coefficient=0.25"]
 
@@ -28,7 +37,8 @@ def start(model_dir, *extra):
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc, timeout=600):
+# Bounds for a run that hangs, not waits: a run on a machine shared by a few test sessions starts in minutes.
+def finish(proc, timeout=900):
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
 
@@ -40,7 +50,7 @@ def train_records(model_dir):
     return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == "train"]
 
 
-def wait_for(predicate, proc, timeout=300):
+def wait_for(predicate, proc, timeout=900):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
@@ -57,11 +67,30 @@ def final_state(model_dir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted_dir(tmp_path_factory):
+    """The uninterrupted run's model_dir, with a checkpoint after each epoch (ckpt-6, -12, -18) and every 3 steps
+    (ckpt-15; --keep_checkpoints 3 keeps ckpt-12, -15, -18): the tests that need a model_dir copy it. Saving
+    leaves the trained state as it is, so the runs that save otherwise compare with it too."""
     model_dir = tmp_path_factory.mktemp("uninterrupted")
-    code, _, err = finish(start(model_dir))
+    code, _, err = finish(start(model_dir, "--save_checkpoint_freq", "1", "--save_checkpoint_steps", "3"))
     assert code == 0, err[-3000:]
-    return final_state(model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_dir):
+    return final_state(uninterrupted_dir)
+
+
+def copied(model_dir, to, keep_until=None):
+    """A copy of model_dir; with keep_until, as a run stopped after its checkpoint of that step leaves it."""
+    shutil.copytree(model_dir, to)
+    if keep_until:
+        for path in to.glob("ckpt-*"):
+            if int(path.name.split("-")[1].split(".")[0]) > keep_until:
+                path.unlink()
+        tf.compat.v1.train.update_checkpoint_state(str(to), str(to / f"ckpt-{keep_until}"))
+    return to
 
 
 def assert_same_state(state, expected):
@@ -70,65 +99,95 @@ def assert_same_state(state, expected):
         np.testing.assert_allclose(state[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
-def test_preemption_signal_checkpoints_mid_epoch_and_resumes_exactly(tmp_path, uninterrupted, signum):
-    proc = start(tmp_path)
-    wait_for(lambda: len(train_records(tmp_path)) >= 3, proc)
-    proc.send_signal(signum)
-    code, out, _ = finish(proc)
-    assert code == 75
-    assert f"Stopped by {signal.Signals(signum).name}" in out
-    stopped_at = tf.train.load_checkpoint(str(tmp_path)).get_tensor("examples_in_epoch/.ATTRIBUTES/VARIABLE_VALUE") // 8
-    assert 3 <= stopped_at < 12  # a step after the signal, not an epoch boundary's worth later
-    code, out, err = finish(start(tmp_path))
-    assert code == 0, err[-3000:]
-    assert "Resuming from" in out
-    assert_same_state(final_state(tmp_path), uninterrupted)  # same step, same LR schedule, same EMA
+def stopped_step(out):
+    return int(out.split("Stopped by ", 1)[1].split(" at step ", 1)[1].split(";")[0])
 
 
-@pytest.mark.slow
-def test_sigkill_while_checkpointing_every_step_resumes_from_the_last_complete_checkpoint(tmp_path, uninterrupted):
-    proc = start(tmp_path, "--save_checkpoint_steps", "1")
-    wait_for(lambda: len(train_records(tmp_path)) >= 4, proc)
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """One run interrupted thrice, as a requeued job may be: SIGUSR1 mid-epoch 1, SIGTERM a step or so after the
+    resume, SIGKILL a random moment later while it checkpoints every step; the fourth start runs to the end.
+    Returns the model_dir, what each start printed, and where the stops were."""
+    model_dir = tmp_path_factory.mktemp("interrupted")
+    starts = {}
+    proc = start(model_dir)
+    wait_for(lambda: len(train_records(model_dir)) >= 3, proc)
+    proc.send_signal(signal.SIGUSR1)
+    starts["SIGUSR1"] = finish(proc)
+    examples = tf.train.load_checkpoint(str(model_dir)).get_tensor("examples_in_epoch/.ATTRIBUTES/VARIABLE_VALUE")
+    logged = len(train_records(model_dir))
+    proc = start(model_dir)
+    wait_for(lambda: len(train_records(model_dir)) > logged, proc)
+    proc.send_signal(signal.SIGTERM)
+    starts["SIGTERM"] = finish(proc)
+    logged = len(train_records(model_dir))
+    proc = start(model_dir, "--save_checkpoint_steps", "1")
+    wait_for(lambda: len(train_records(model_dir)) > logged, proc)
     time.sleep(np.random.default_rng().uniform(0.0, 0.5))  # anywhere in the next steps, mid-write included
     proc.kill()
-    proc.wait()
-    logged = len(train_records(tmp_path))
-    code, out, err = finish(start(tmp_path, "--save_checkpoint_steps", "1"))
+    starts["SIGKILL"] = finish(proc)
+    killed_after = len(train_records(model_dir))
+    starts["last"] = finish(start(model_dir, "--save_checkpoint_steps", "1"))
+    return {"model_dir": model_dir, "starts": starts, "first_stop_examples": int(examples),
+            "logged_when_killed": killed_after}
+
+
+@pytest.mark.slow
+def test_preemption_signal_checkpoints_mid_epoch_and_resumes_exactly(interrupted, uninterrupted):
+    """SIGUSR1 and SIGTERM: the step in flight finishes, a checkpoint of it is written, exit code 75; the next
+    start resumes there, and the run ends with the uninterrupted run's state."""
+    code, out, err = interrupted["starts"]["SIGUSR1"]
+    assert code == 75, err[-3000:]
+    stopped_at = interrupted["first_stop_examples"] // 8
+    assert 3 <= stopped_at < 6 and stopped_step(out) == stopped_at  # a step after the signal, not the epoch's end
+    assert "Stopped by SIGUSR1 at step" in out
+    code, out, err = interrupted["starts"]["SIGTERM"]
+    assert code == 75, err[-3000:]
+    model_dir = interrupted["model_dir"]
+    assert f"Resuming from {model_dir / f'ckpt-{stopped_at}'}: epoch 1, example {8 * stopped_at} of 48" in out
+    assert "Stopped by SIGTERM at step" in out and stopped_at < stopped_step(out) < 18
+    code, out, err = interrupted["starts"]["last"]
+    assert code == 0, err[-3000:]
+    assert_same_state(final_state(model_dir), uninterrupted)  # same step, same LR schedule, same EMA
+
+
+@pytest.mark.slow
+def test_sigkill_while_checkpointing_every_step_resumes_from_the_last_complete_checkpoint(interrupted, uninterrupted):
+    code, _, _ = interrupted["starts"]["SIGKILL"]
+    assert code == -signal.SIGKILL  # killed before its last step
+    code, out, err = interrupted["starts"]["last"]
     assert code == 0, err[-3000:]
     resumed_step = int(out.split("Resuming from", 1)[1].split("step ", 1)[1].split()[0])
-    assert resumed_step >= logged - 1  # at most one checkpoint interval (one step) was lost
-    assert_same_state(final_state(tmp_path), uninterrupted)
+    assert resumed_step >= interrupted["logged_when_killed"] - 1  # at most one checkpoint interval (a step) lost
+    assert_same_state(final_state(interrupted["model_dir"]), uninterrupted)
 
 
 @pytest.mark.slow
-def test_persistent_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path):
-    code, _, err = finish(start(tmp_path, "--max_epochs", "1", "--optimizer", "sgd"))
-    assert code == 0, err[-3000:]
-    good = tf.train.latest_checkpoint(str(tmp_path))
-    good_files = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name.startswith("ckpt")}
-    # Same run, continued for a second epoch with a learning rate that blows the weights up.
-    code, _, err = finish(start(tmp_path, "--max_epochs", "2", "--optimizer", "sgd", "--lr_init", "1e9",
-                                "--max_bad_steps", "2"))
+def test_persistent_non_finite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_path, uninterrupted_dir):
+    run = copied(uninterrupted_dir, tmp_path / "run", keep_until=12)
+    good = tf.train.latest_checkpoint(str(run))
+    good_files = {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name.startswith("ckpt")}
+    # The run after two epochs, continued with a learning rate that blows the weights up (a step of 1e30 takes
+    # float32 activations past their range at once; RMSprop's steps do not grow with the gradient).
+    code, _, err = finish(start(run, "--lr_init", "1e30", "--max_bad_steps", "2"))
     assert code == 1
-    assert "consecutive steps, up to step" in err and "epoch 2" in err
-    assert tf.train.latest_checkpoint(str(tmp_path)) == good
-    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name.startswith("ckpt")} == good_files
+    assert "consecutive steps, up to step" in err and "epoch 3" in err
+    assert tf.train.latest_checkpoint(str(run)) == good
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name.startswith("ckpt")} == good_files
 
 
 @pytest.mark.slow
-def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
+def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path, uninterrupted_dir):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    # Room for one checkpoint of this model (about 65 MB with optimizer slots and EMA), not for two.
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(disk)]).returncode:
+    # Room for one checkpoint of this run (the same model as the uninterrupted one's) and its logs, not for two.
+    size = sum(p.stat().st_size for p in uninterrupted_dir.glob("ckpt-18.*"))
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size * 3 // 2 // 1024}k", "tmpfs", str(disk)]).returncode:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        code, out, err = finish(start(disk, "--save_checkpoint_freq", "1", "--keep_checkpoints", "5",
-                                      "--mparams", "dropout_rate=0,drop_connect_rate=0"))  # the full B0
+        code, out, err = finish(start(disk, "--save_checkpoint_freq", "1", "--keep_checkpoints", "5"))
         assert code == 1
         assert "could not write a checkpoint to --model_dir" in err and "is intact" in err
         assert tf.train.latest_checkpoint(str(disk)).endswith("ckpt-6")
@@ -145,21 +204,22 @@ def test_unwritable_model_dir_is_refused_at_start(tmp_path):
     assert f"--model_dir {blocker / 'run'} is not writable" in err
 
 
+def lock_holder(model_dir):
+    path = pathlib.Path(model_dir) / "train.lock"
+    return path.read_text() if path.exists() else ""
+
+
 @pytest.mark.slow
 def test_a_second_run_on_the_same_model_dir_is_refused_until_the_first_dies(tmp_path):
     first = start(tmp_path, "--max_epochs", "50")
-    wait_for(lambda: len(train_records(tmp_path)) >= 1, first)
+    wait_for(lambda: lock_holder(tmp_path).startswith(f"pid {first.pid} "), first)
     code, _, err = finish(start(tmp_path), timeout=120)
     assert code == 1
     assert "is in use by another training run (pid" in err and str(first.pid) in err
     first.kill()
     first.wait()
-    # The kernel released the dead run's lock: the next run starts (and resumes) at once.
-    logged = len(train_records(tmp_path))
-    third = start(tmp_path, "--max_epochs", "50")
-    wait_for(lambda: len(train_records(tmp_path)) > logged, third)
-    third.kill()
-    third.wait()
+    # The kernel released the dead run's lock: the next run takes it at once.
+    ModelDirLock(str(tmp_path)).acquire().release()
 
 
 def damage(prefix, part, how):
@@ -178,53 +238,50 @@ def damage(prefix, part, how):
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def checkpoint_per_epoch(tmp_path_factory):
-    """The uninterrupted run's model_dir, with a checkpoint after each epoch: ckpt-6 and ckpt-12."""
-    model_dir = tmp_path_factory.mktemp("checkpoint_per_epoch")
-    code, _, err = finish(start(model_dir, "--save_checkpoint_freq", "1"))
-    assert code == 0, err[-3000:]
-    return model_dir
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("part,how", [("data", "truncated"), ("index", "bit-flipped")])
-def test_damaged_newest_checkpoint_resumes_from_the_newest_intact_one(tmp_path, checkpoint_per_epoch, uninterrupted,
-                                                                      part, how):
-    """The final checkpoint is damaged (a partial copy, a disk fault): the rerun names the file, sets it aside,
-    trains epoch 2 again from ckpt-6 and ends exactly as the uninterrupted run."""
-    run = tmp_path / "run"
-    shutil.copytree(checkpoint_per_epoch, run)
-    damaged = damage(str(run / "ckpt-12"), part, how)
+def test_damaged_newest_checkpoint_resumes_from_the_newest_intact_one(tmp_path, uninterrupted_dir, uninterrupted):
+    """The two newest checkpoints are damaged (a partial copy, a disk fault): ckpt-18's data file truncated,
+    ckpt-15's index bit-flipped. The rerun names each file, sets them aside, trains epoch 3 again from ckpt-12
+    and ends exactly as the uninterrupted run."""
+    run = copied(uninterrupted_dir, tmp_path / "run")
+    damaged = [damage(str(run / "ckpt-18"), "data", "truncated"), damage(str(run / "ckpt-15"), "index", "bit-flipped")]
     code, out, err = finish(start(run, "--save_checkpoint_freq", "1"))
     assert code == 0, err[-3000:]
-    assert f"Warning: Checkpoint {run / 'ckpt-12'} is damaged ({damaged}: " in out, out[-3000:]
-    assert f"Falling back to {run / 'ckpt-6'}, the newest intact checkpoint" in out
-    assert f"Resuming from {run / 'ckpt-6'}: epoch 2, example 0 of 48, step 6" in out
-    assert pathlib.Path(damaged + ".damaged").exists()  # kept for inspection, out of the way of new saves
-    assert tf.train.latest_checkpoint(str(run)) == str(run / "ckpt-12")
+    for step, path in zip((18, 15), damaged):
+        assert f"Warning: Checkpoint {run / f'ckpt-{step}'} is damaged ({path}: " in out, out[-3000:]
+        assert pathlib.Path(path + ".damaged").exists()  # kept for inspection, out of the way of new saves
+    assert f"Falling back to {run / 'ckpt-12'}, the newest intact checkpoint" in out
+    assert f"Resuming from {run / 'ckpt-12'}: epoch 3, example 0 of 48, step 12" in out
+    assert tf.train.latest_checkpoint(str(run)) == str(run / "ckpt-18")
     assert_same_state(final_state(run), uninterrupted)
 
 
-@pytest.mark.parametrize("part,how", [("data", "truncated"), ("data", "bit-flipped"), ("index", "truncated"),
-                                      ("index", "bit-flipped")])
-def test_evaluate_names_the_damaged_checkpoint_file_in_one_line(tiny_checkpoint, tmp_path, run_script, part, how):
-    model_dir = tmp_path / "run"
-    shutil.copytree(tiny_checkpoint, model_dir)
+@pytest.mark.parametrize("part,how,command_line", [("data", "truncated", True), ("data", "bit-flipped", False),
+                                                   ("index", "truncated", False), ("index", "bit-flipped", False)])
+def test_evaluate_names_the_damaged_checkpoint_file_in_one_line(uninterrupted_dir, tmp_path, run_script, part, how,
+                                                                command_line):
+    """evaluate.py prints the error evaluate_checkpoint raises as its one error line: one kind of damage goes
+    through the command line (with the other kept checkpoints to try named), the others call
+    evaluate_checkpoint in this process (on a model_dir with no other checkpoint)."""
+    model_dir = copied(uninterrupted_dir, tmp_path / "run", keep_until=None if command_line else 18)
     damaged = damage(tf.train.latest_checkpoint(str(model_dir)), part, how)
-    out = run_script("evaluate.py", "--ckpt", model_dir, timeout=300)
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    [error] = [line for line in out.stderr.splitlines() if line.startswith("evaluate.py: error:")]
-    assert f"is damaged ({damaged}: " in error and "no other checkpoint is kept beside it" in error, error
+    if command_line:
+        out = run_script("evaluate.py", "--ckpt", model_dir, timeout=300)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+        [error] = [line for line in out.stderr.splitlines() if line.startswith("evaluate.py: error:")]
+        assert error.endswith(f"; other checkpoints in {model_dir}: ckpt-12, ckpt-15"), error
+    else:
+        with pytest.raises(DamagedCheckpoint) as caught:
+            evaluate_checkpoint(EvalConfig(ckpt=str(model_dir)), create_engine())
+        error = str(caught.value)
+        assert "\n" not in error and "no other checkpoint is kept beside it" in error, error
+    assert f"--ckpt {model_dir}: checkpoint {model_dir / 'ckpt-18'} is damaged ({damaged}: " in error, error
 
 
 @pytest.mark.parametrize("script", ["predict.py", "export.py"])
-def test_predict_and_export_name_the_damaged_checkpoint_file_in_one_line(tiny_checkpoint, tmp_path, run_script,
+def test_predict_and_export_name_the_damaged_checkpoint_file_in_one_line(uninterrupted_dir, tmp_path, run_script,
                                                                          script):
-    from input import testdata
-
-    model_dir = tmp_path / "run"
-    shutil.copytree(tiny_checkpoint, model_dir)
+    model_dir = copied(uninterrupted_dir, tmp_path / "run")
     damaged = damage(tf.train.latest_checkpoint(str(model_dir)), "data", "truncated")
     (tmp_path / "digit.png").write_bytes(testdata.encode(testdata.image_array(1, 32, 32), "png"))
     args = ["--image", tmp_path / "digit.png"] if script == "predict.py" else ["--output", tmp_path / "saved"]
@@ -275,13 +332,19 @@ def test_odd_images_and_an_empty_shard_decode_to_three_channels_in_train_and_eva
     assert sorted(seen) == [0, 0, 0, 1, 1]
 
 
-@pytest.mark.parametrize("flags,field", [(["--arch", "efficientnet-b1"], "variant"),
-                                         (["--mparams", "dropout_rate=0.5"], "model_overrides")])
-def test_model_dir_of_another_network_is_refused(tiny_checkpoint, run_script, tmp_path, flags, field):
-    model_dir = shutil.copytree(tiny_checkpoint, tmp_path / "run")  # the shared checkpoint stays untouched
+@pytest.mark.parametrize("field", ["variant", "model_overrides"])
+def test_model_dir_of_another_network_is_refused(uninterrupted_dir, run_script, tmp_path, field):
+    """Another variant through train.py's command line; other overrides (the same check) through train() here."""
+    model_dir = copied(uninterrupted_dir, tmp_path / "run")  # the shared run stays untouched
     before = tf.train.latest_checkpoint(str(model_dir))
-    out = run_script("train.py", "--model_dir", model_dir, "--train_img_size", 32, "--steps_per_epoch", 1,
-                     *flags, timeout=300)
-    assert out.returncode == 1
-    assert f"holds a run with {field}=" in out.stderr and "cannot be loaded into this model" in out.stderr
+    if field == "variant":
+        out = run_script("train.py", "--model_dir", model_dir, *TINY, "--arch", "efficientnet-b1", timeout=300)
+        assert out.returncode == 1
+        error = out.stderr
+    else:
+        with pytest.raises(ValueError) as caught:
+            train(TrainConfig(model_dir=str(model_dir), train_img_size=32, steps_per_epoch=1,
+                              model_overrides={"dropout_rate": 0.5}), create_engine())
+        error = str(caught.value)
+    assert f"holds a run with {field}=" in error and "cannot be loaded into this model" in error
     assert tf.train.latest_checkpoint(str(model_dir)) == before
