@@ -4,6 +4,8 @@
 #   scripts/install_horovod.sh                 # into .venv/bin/python, CPU build: TensorFlow + Gloo, no MPI
 #   PYTHON=/path/to/venv/bin/python scripts/install_horovod.sh
 #   HOROVOD_GPU_OPERATIONS=NCCL scripts/install_horovod.sh   # GPU machines (needs CUDA toolkit + NCCL headers)
+#   scripts/install_horovod.sh --wheel-only    # build into (or find in) the wheel cache, install nothing; a later
+#                                              # plain run installs that wheel (CI builds beside the tests this way)
 #
 # Horovod is optional and only ships as a source distribution, so it is kept out of the requirements files.
 # Idempotent: does nothing if the wanted build is already installed; reuses a cached wheel (keyed by Horovod
@@ -25,6 +27,14 @@ APT_PACKAGES=(libhighwayhash-dev libfarmhash-dev)  # headers TensorFlow's C++ he
 die() { echo "install_horovod.sh: ERROR: $*" >&2; exit 1; }
 log() { echo "install_horovod.sh: $*"; }
 trap 'rc=$?; echo "install_horovod.sh: ERROR: command failed (exit $rc) at line $LINENO: $BASH_COMMAND" >&2; exit $rc' ERR
+
+WHEEL_ONLY=0
+for arg in "$@"; do
+  case "$arg" in
+    --wheel-only) WHEEL_ONLY=1 ;;
+    *) die "unknown argument '$arg' (the only option is --wheel-only)" ;;
+  esac
+done
 
 CALLER_DIR=$(pwd)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -111,7 +121,7 @@ install_wheel() {
 }
 
 # --- 1. Already installed? ----------------------------------------------------------------------------------
-if [ "${HOROVOD_FORCE_BUILD:-0}" != 1 ] && horovod_ok; then
+if [ "$WHEEL_ONLY" != 1 ] && [ "${HOROVOD_FORCE_BUILD:-0}" != 1 ] && horovod_ok; then
   log "horovod $WANT_VERSION is already installed in $PYTHON and imports with Gloo; nothing to do"
   exit 0
 fi
@@ -122,7 +132,7 @@ if [ "${HOROVOD_FORCE_BUILD:-0}" != 1 ]; then
   cached=$(ls -t "$CACHE_DIR"/$WHEEL_GLOB 2>/dev/null | head -n1 || true)
   if [ -n "$cached" ]; then
     log "using cached wheel (no rebuild): $cached"
-    install_wheel "$cached"
+    [ "$WHEEL_ONLY" = 1 ] || install_wheel "$cached"
     exit 0
   fi
 fi
@@ -194,6 +204,41 @@ sed -i 's|global_ranks_.reserve(size_);|global_ranks_.resize(size_);|' "$STALL_F
 grep -qF 'global_ranks_.resize(size_);' "$STALL_FILE" || die "sed did not apply the rank-table fix to $STALL_FILE"
 log "patched global_ranks_.reserve -> resize in horovod/common/gloo/gloo_controller.cc (Gloo stall check)"
 
+# Build time only, the same library (docs/horovod.md). Horovod 0.28.1 compiles two things a TensorFlow build
+# without a GPU never uses: xla_mpi_ops.cc holds nothing but GPU code (#if HAVE_GPU), yet parsing XLA's headers
+# makes it the costliest compile unit; and Gloo is built twice, while TensorFlow >= 2.10 links only its C++17 copy
+# (compatible17_gloo). The CMake files compile the first only with CUDA or ROCm and the plain Gloo only for a target
+# that links it. And its release configuration (RelWithDebInfo) adds debug information: a fifth of the compile
+# time and 52 of the library's 54 MB. It is left out, as in TensorFlow's own wheels (symbols stay);
+# HOROVOD_DEBUG=1 is Horovod's own debug build.
+TF_CMAKE="$SRC/horovod/tensorflow/CMakeLists.txt"
+XLA_SOURCE='list(APPEND TF_SOURCES "${PROJECT_SOURCE_DIR}/horovod/tensorflow/xla_mpi_ops.cc")'
+grep -qxF "$XLA_SOURCE" "$TF_CMAKE" \
+  || die "patch pattern '$XLA_SOURCE' not found in $TF_CMAKE (Horovod version changed? update this script)"
+sed -i 's|^list(APPEND TF_SOURCES "${PROJECT_SOURCE_DIR}/horovod/tensorflow/xla_mpi_ops.cc")$|if(HAVE_CUDA OR HAVE_ROCM)\n    &\nendif()|' \
+  "$TF_CMAKE"
+grep -qxF 'if(HAVE_CUDA OR HAVE_ROCM)' "$TF_CMAKE" || die "sed did not make xla_mpi_ops.cc GPU-only in $TF_CMAKE"
+grep -qxF 'add_subdirectory(third_party/gloo)' <(sed 's/^ *//' "$SRC/CMakeLists.txt") \
+  || die "'add_subdirectory(third_party/gloo)' not found in $SRC/CMakeLists.txt (Horovod version changed? update this script)"
+cat >>"$SRC/CMakeLists.txt" <<'CMAKE'
+
+# Added by scripts/install_horovod.sh: the plain gloo only when a target links it (Gloo targets stay, so whatever
+# links gloo still gets it built first).
+if(TARGET gloo)
+    set_target_properties(gloo PROPERTIES EXCLUDE_FROM_ALL TRUE)
+endif()
+CMAKE
+for lang in C CXX; do
+  FLAGS_LINE="string(REPLACE \"-O2\" \"-O3\" CMAKE_${lang}_FLAGS_RELWITHDEBINFO \"\${CMAKE_${lang}_FLAGS_RELWITHDEBINFO}\")"
+  grep -qxF "$FLAGS_LINE" "$SRC/CMakeLists.txt" \
+    || die "patch pattern '$FLAGS_LINE' not found in $SRC/CMakeLists.txt (Horovod version changed? update this script)"
+  sed -i "/^string(REPLACE \"-O2\" \"-O3\" CMAKE_${lang}_FLAGS_RELWITHDEBINFO /a string(REGEX REPLACE \"(^| )-g( |\$)\" \" \" CMAKE_${lang}_FLAGS_RELWITHDEBINFO \"\${CMAKE_${lang}_FLAGS_RELWITHDEBINFO}\")" \
+    "$SRC/CMakeLists.txt"
+  grep -qF "string(REGEX REPLACE \"(^| )-g( |\$)\" \" \" CMAKE_${lang}_FLAGS_RELWITHDEBINFO" "$SRC/CMakeLists.txt" \
+    || die "sed did not drop -g from CMAKE_${lang}_FLAGS_RELWITHDEBINFO in $SRC/CMakeLists.txt"
+done
+log "patched the CMake files: xla_mpi_ops.cc only for GPU builds, the unused C++11 Gloo not built, no debug info"
+
 export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
        HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_LOCAL_VERSION="$LOCAL_LABEL"
 # Horovod's setup.py runs make -j8 unless MAKEFLAGS is set; match the machine instead.
@@ -218,4 +263,4 @@ cp "$built" "$CACHE_DIR/.$(basename "$built").tmp" && mv "$CACHE_DIR/.$(basename
 log "cached wheel: $CACHE_DIR/$(basename "$built")"
 
 # --- 5. Install ------------------------------------------------------------------------------------------------
-install_wheel "$CACHE_DIR/$(basename "$built")"
+[ "$WHEEL_ONLY" = 1 ] || install_wheel "$CACHE_DIR/$(basename "$built")"

@@ -1,14 +1,13 @@
 """Run by tests/test_distributed.py: one process of a multi-process training run, or its single-process
 reference. Not a test module itself (no test_ prefix).
 
-    python tests/distributed_probe.py worker OUT [epochs=N] [timeout=SECONDS] [depth=COEFFICIENT] [stop_at=STEP]
-                                                [pause_after=STEPS] [stall_after=STEPS] [fp16_allreduce=1]
+    python tests/distributed_probe.py worker OUT [timeout=SECONDS] [pause_after=STEPS] [stall_after=STEPS]
         under horovodrun (Horovod engine) or with TF_CONFIG (MultiWorkerMirroredStrategy): trains the tiny
-        config in OUT/run and dumps this process's final variables to OUT/vars-<worker index>.npz.
-        stop_at: every process exits (code 3) right after saving the checkpoint of that step, as if the job
-        were preempted there; the next launch resumes from it.
-        pause_after: worker 1, after that many train steps, writes OUT/paused-1 and waits (up to 300 s) until a
-        stop signal reaches it (the test sends it), so the signal lands between two known steps.
+        config in OUT/run (resuming from its latest checkpoint) and dumps this process's final variables to
+        OUT/vars-<worker index>.npz.
+        pause_after: worker 1, after that many train steps of this launch, writes OUT/paused-1 (its pid) and
+        waits (up to 300 s) until a stop signal reaches it (the test sends it, or kills it), so the signal or
+        the kill lands between two known steps.
         stall_after: worker 1, after that many train steps, writes OUT/stalled-1 and never submits the next
         step's allreduce: alive but stalled, as a rank stuck in its input or a deadlock would be.
     python tests/distributed_probe.py gradients OUT
@@ -19,7 +18,9 @@ reference. Not a test module itself (no test_ prefix).
         shard worker <replica> reads; dumps OUT/vars-ref.npz.
 
 BatchNorm is not synchronized in either, so replica r of the reference computes exactly what worker r does
-(per-replica batch statistics, per-replica moving averages): only float summation order may differ.
+(per-replica batch statistics, per-replica moving averages): only float summation order may differ. The
+network is B0 cut to one block per stage and a quarter of its width: what these runs check (who reduces,
+who writes, where a resumed run starts) does not depend on its size, and tracing it takes a fraction of B0's.
 """
 
 import json
@@ -43,17 +44,16 @@ WORKERS = 2
 PER_REPLICA_BATCH = 8
 
 
-def tiny_config(model_dir, epochs=2, timeout=None, depth=None) -> TrainConfig:
-    overrides = {"dropout_rate": 0.0, "drop_connect_rate": 0.0}
-    if depth:
-        overrides["depth_coefficient"] = depth
+TINY = {"dropout_rate": 0.0, "drop_connect_rate": 0.0, "depth_coefficient": 0.1, "width_coefficient": 0.25}
+
+
+def tiny_config(model_dir, timeout=None) -> TrainConfig:
     return TrainConfig(model_dir=str(model_dir), mode="train_and_eval", train_img_size=32, eval_img_size=32,
                        train_batch_size=PER_REPLICA_BATCH, eval_batch_size=64, steps_per_epoch=3,
-                       max_epochs=epochs, warmup_epochs=0, epochs_between_evals=2, save_checkpoint_freq=1,
+                       max_epochs=2, warmup_epochs=0, epochs_between_evals=2, save_checkpoint_freq=1,
                        log_steps=1, moving_average_decay=0.99, lr_init=0.02, seed=0,
                        # SGD: RMSprop's first updates magnify float-order differences beyond a tight check.
-                       optimizer="sgd", collective_timeout_s=timeout,
-                       model_overrides=overrides)
+                       optimizer="sgd", collective_timeout_s=timeout, model_overrides=TINY)
 
 
 class ShardedMirroredStrategy(tf.distribute.MirroredStrategy):
@@ -85,22 +85,6 @@ def capture_synchronized(engine: Engine) -> list:
 
     engine.synchronize = synchronize
     return captured
-
-
-def stop_after_checkpoint(step: int):
-    from loops import checkpoints
-
-    save = checkpoints.Saver.save
-
-    def save_then_stop(self, at: int) -> str:
-        path = save(self, at)
-        if at >= step:
-            self.close()  # the non-chief's throwaway directory
-            print(f"PROBE_STOPPED at step {at}", flush=True)
-            os._exit(3)
-        return path
-
-    checkpoints.Saver.save = save_then_stop
 
 
 def hold_worker_one(after: int, out: pathlib.Path, marker: str, until_stopped: bool):
@@ -176,14 +160,8 @@ def main():
         return gradients(out)
     if mode == "worker":
         opts = dict(a.split("=", 1) for a in sys.argv[3:])
-        cfg = tiny_config(out / "run", int(opts.get("epochs", 2)),
-                          float(opts["timeout"]) if "timeout" in opts else None,
-                          float(opts["depth"]) if "depth" in opts else None)
-        engine = create_engine(cfg.engine, collective_timeout_s=cfg.collective_timeout_s,
-                               fp16_allreduce=opts.get("fp16_allreduce") == "1")
-        (out / f"pid-{engine.worker_index}").write_text(str(os.getpid()))
-        if "stop_at" in opts:
-            stop_after_checkpoint(int(opts["stop_at"]))
+        cfg = tiny_config(out / "run", float(opts["timeout"]) if "timeout" in opts else None)
+        engine = create_engine(cfg.engine, collective_timeout_s=cfg.collective_timeout_s)
         for option, marker, until_stopped in (("pause_after", "paused", True), ("stall_after", "stalled", False)):
             if option in opts and engine.worker_index == 1:
                 hold_worker_one(int(opts[option]), out, marker, until_stopped)

@@ -1,17 +1,25 @@
 """Multi-process training with real processes: Horovod (horovodrun, Gloo) and TF_CONFIG workers
 (MultiWorkerMirroredStrategy) on loopback. Each worker runs tests/distributed_probe.py, which trains the tiny
 config through loops.training.train and dumps its final variables; the single-process reference is the same
-run on two logical CPUs whose replica r reads worker r's shard."""
+run on two logical CPUs whose replica r reads worker r's shard.
 
+Per engine, one run of three launches serves every resume test (each test asserts its part of the record): a
+stop signal to worker 1 stops both workers at step 2; the relaunch resumes at step 2 and worker 1 is killed after
+step 4; the next relaunch resumes from ckpt-3 and ends where the uninterrupted reference ends. Each relaunch
+starts from what the previous one left, so the final comparison checks every resume of the run."""
+
+import dataclasses
 import importlib.util
 import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -27,6 +35,9 @@ needs_horovod = pytest.mark.skipif(not HAVE_HOROVOD, reason="horovod is not inst
 # BatchNorm moving statistics are per replica in both engines (as in MirroredStrategy without sync_bn), so
 # only those (and their EMA shadows) may differ between workers; everything else must be identical.
 PER_REPLICA = ("moving_mean", "moving_variance")
+# Bounds a hung process. A passing run never waits for it, so it only has to exceed what a heavily loaded
+# machine needs (a probe launch took 10 min at load 20 on 2 cores).
+HANG = 900
 
 
 def test_engine_choice_errors_name_the_flag(monkeypatch):
@@ -98,7 +109,7 @@ def test_multi_worker_synchronize_keeps_only_the_chiefs_values():
     included (counted once, not once per replica); a non-chief receives the sum of nothing, i.e. zeros, which
     shows that its own values are not contributed."""
     proc = subprocess.run([sys.executable, "-c", SYNCHRONIZE_SCRIPT], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=HANG)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("SYNC ", 1)[1])
     assert out["0"] == {"weight": [[1.5, -2.25], [3.0, float(np.float32(1e-7))]], "step": 2**40 + 3}
@@ -107,7 +118,7 @@ def test_multi_worker_synchronize_keeps_only_the_chiefs_values():
 
 def test_train_py_refuses_sync_bn_under_horovod(tmp_path, run_script):
     out = run_script("train.py", "--engine", "horovod", "--mparams", "sync_bn=True", "--model_dir", tmp_path,
-                     timeout=120)
+                     timeout=HANG)
     assert out.returncode != 0
     assert "--mparams sync_bn=True is not supported with --engine horovod" in out.stderr
     assert not list(tmp_path.iterdir())
@@ -138,7 +149,7 @@ def reference(tmp_path_factory):
     """Final variables of the single-process, two-replica twin of a 2-worker run (same global batch 16)."""
     out = tmp_path_factory.mktemp("reference")
     proc = subprocess.run([sys.executable, PROBE, "reference", str(out)], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=HANG)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [result] = _probe_results(proc.stdout)
     assert result["steps"] == 6 and result["eval_examples"] == 359
@@ -149,7 +160,7 @@ def _check_workers(out, reference, results):
     assert [r["name"] for r in results] == ["0", "1"]
     assert all(r["replicas"] == 2 and r["steps"] == 6 and r["eval_examples"] == 359 for r in results), results
     w0, w1 = _load(out / "vars-0.npz"), _load(out / "vars-1.npz")
-    assert len(w0) > 800
+    assert len(w0) > 300  # model, optimizer and EMA variables, not a part of them
     # Same gradients, same updates: bit-identical except the per-replica BatchNorm statistics.
     assert _max_diff(w0, w1, skip=PER_REPLICA) == 0.0
     assert _max_diff(w0, w1) > 0.0  # the per-replica statistics really are per replica (different shards)
@@ -164,32 +175,6 @@ def _check_workers(out, reference, results):
     assert float(np.max(np.abs(w0[kernel] - w0[shadow]))) > 1e-4
 
 
-def _chief_wrote_everything(model_dir):
-    summary = json.loads((model_dir / "summary.json").read_text())
-    assert summary["eval_examples"] == 359 and summary["eval_examples_ema"] == 359  # each example once
-    assert summary["steps"] == 6 and summary["epochs"] == 2
-    assert sorted(p.name for p in model_dir.glob("ckpt-*.index")) == ["ckpt-3.index", "ckpt-6.index"]
-    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-6")
-    records = [json.loads(line) for line in (model_dir / "log.jsonl").read_text().splitlines()]
-    # Only the chief logs: exactly one record per step (log_steps=1), not one per worker.
-    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
-
-
-@pytest.mark.long
-@pytest.mark.slow
-@needs_horovod
-def test_horovodrun_two_ranks_match_one_process(tmp_path, reference):
-    start = time.time()
-    proc = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, PROBE, "worker",
-                           str(tmp_path)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = _probe_results(proc.stdout)
-    assert {r["engine"] for r in results} == {"horovod"}
-    _check_workers(tmp_path, reference, results)
-    _chief_wrote_everything(tmp_path / "run")
-    print(f"horovodrun -np 2: {time.time() - start:.1f} s")
-
-
 def _free_ports(n):
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
@@ -200,17 +185,27 @@ def _free_ports(n):
     return ports
 
 
-def _start_tf_config_workers(out, *args, script=PROBE):
-    """Two workers on loopback ports; logs in out/worker-<i>.log."""
+def _start_tf_config_workers(logs, *args, script=PROBE):
+    """Two workers on loopback ports, each in its own session; their output in logs/worker-<i>.log."""
+    logs.mkdir(exist_ok=True)
     ports = _free_ports(2)
     procs = []
     for i in range(2):
         tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": i}}
-        log = open(out / f"worker-{i}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, script, *map(str, args)], cwd=ROOT,
-                                      env=_env(TF_CONFIG=json.dumps(tf_config)), stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True))
+        with open(logs / f"worker-{i}.log", "w") as log:
+            procs.append(subprocess.Popen([sys.executable, script, *map(str, args)], cwd=ROOT,
+                                          env=_env(TF_CONFIG=json.dumps(tf_config)), stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
     return procs
+
+
+def _horovodrun(logs, *args):
+    """A 2-rank horovodrun of `args` (a new session), its output in logs/horovodrun.log."""
+    logs.mkdir(exist_ok=True)
+    with open(logs / "horovodrun.log", "w") as log:  # a file, not a pipe nobody drains while we wait
+        return subprocess.Popen([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
+                                 *map(str, args)], cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def _stop(procs):
@@ -220,34 +215,16 @@ def _stop(procs):
             p.wait()
 
 
-def _run_tf_config_workers(out, *args, expect=0):
-    procs = _start_tf_config_workers(out, "worker", out, *args)
-    try:
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:
-        _stop(procs)
-    logs = [(out / f"worker-{i}.log").read_text() for i in range(2)]
-    assert codes == [expect, expect], logs[0][-2000:] + logs[1][-2000:]
-    return logs
-
-
-@pytest.mark.long
-@pytest.mark.slow
-def test_tf_config_two_workers_resume_match_one_process_and_only_the_chief_writes(tmp_path, reference):
-    start = time.time()
-    # The first launch is stopped right after epoch 1's checkpoint (as if preempted); the second resumes it.
-    first = _run_tf_config_workers(tmp_path, "stop_at=3", expect=3)
-    assert all("PROBE_STOPPED at step 3" in log for log in first)
-    assert sorted(p.name for p in (tmp_path / "run").glob("ckpt-*.index")) == ["ckpt-3.index"]
-    logs = _run_tf_config_workers(tmp_path)
-    results = _probe_results("\n".join(logs))
-    assert {r["engine"] for r in results} == {"multi_worker_mirrored"}
-    assert "Resuming from" in logs[0] and "step 3" in logs[0]
-    # Resumed workers end where the uninterrupted single-process twin ends (steps == 6 on both).
-    _check_workers(tmp_path, reference, results)
-    _chief_wrote_everything(tmp_path / "run")
-    assert "Summary" in logs[0] and "Summary" not in logs[1]  # the other worker stays quiet
-    print(f"TF_CONFIG 2 workers, 1 + 1 epochs: {time.time() - start:.1f} s")
+def _wait_for_file(path, procs, timeout) -> bool:
+    """Until `path` exists (a probe's marker): True; False if a process exits first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists():
+            return True
+        if any(p.poll() is not None for p in procs):
+            return path.exists()
+        time.sleep(0.1)
+    raise AssertionError(f"{path.name} did not appear in {timeout} s")
 
 
 def _wait_for_training(model_dir, procs, timeout):
@@ -258,17 +235,272 @@ def _wait_for_training(model_dir, procs, timeout):
         if log.exists() and '"kind": "train"' in log.read_text():
             return
         assert all(p.poll() is None for p in procs), "a worker exited before training started"
-        time.sleep(0.2)
+        time.sleep(0.1)
     raise AssertionError(f"no training step logged in {timeout} s")
 
 
+def _logged_steps(model_dir):
+    log = model_dir / "log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return [r["step"] for r in records if r["kind"] == "train"]
+
+
+def _checkpoints(model_dir):
+    return sorted(p.name for p in model_dir.glob("ckpt-*.index"))
+
+
+@dataclasses.dataclass
+class Launch:
+    """One launch of the 2-worker probe run: what it printed and left behind."""
+    logs: list[str]  # TF_CONFIG: one log per worker; horovodrun: its one log (every rank's lines, prefixed)
+    codes: list[int]  # TF_CONFIG: each worker's exit code; horovodrun: its own
+    checkpoints: list[str]  # ckpt-*.index in the run's model_dir after the launch
+    steps: list[int]  # train steps this launch added to log.jsonl
+    seconds: float = 0.0  # from the kill of worker 1 to the exit of the rest (the launch that kills)
+
+
+def _interrupted_run(out, start, wait):
+    """Launches A, B and C of the module docstring on out/run with start(logs, *probe_args) -> processes and
+    wait(processes) -> exit codes; {name: Launch}, plus out/after-A, a copy of the run as launch A left it."""
+    run, marker, launches = out / "run", out / "paused-1", {}
+
+    def launch(name, *extra, action=None):
+        before = len(_logged_steps(run))
+        procs = start(out / name, "worker", out, *extra)
+        seconds = 0.0
+        try:
+            if action:
+                if not _wait_for_file(marker, procs, timeout=HANG):
+                    raise AssertionError(f"launch {name} ended before {marker.name} appeared:\n" + "\n".join(
+                        log.read_text()[-2000:] for log in sorted((out / name).glob("*.log"))))
+                os.kill(int(marker.read_text()), action)
+                acted = time.time()
+                codes = wait(procs)
+                seconds = time.time() - acted
+                marker.unlink()
+            else:
+                codes = wait(procs)
+        finally:
+            _stop(procs)
+        logs = sorted((out / name).glob("*.log"))
+        launches[name] = Launch([log.read_text() for log in logs], codes, _checkpoints(run),
+                                _logged_steps(run)[before:], seconds)
+
+    launch("A", "pause_after=1", action=signal.SIGTERM)  # between steps 1 and 2
+    shutil.copytree(run, out / "after-A")
+    launch("B", "pause_after=2", action=signal.SIGKILL)  # resumed at step 2: after step 4
+    launch("C")
+    return launches
+
+
+def _tail(launch):
+    return "\n".join(log[-2000:] for log in launch.logs)
+
+
+def _chief_wrote_everything(model_dir, launches):
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert summary["eval_examples"] == 359 and summary["eval_examples_ema"] == 359  # each example once
+    assert summary["steps"] == 6 and summary["epochs"] == 2
+    a, b, c = (launches[n] for n in "ABC")
+    assert a.checkpoints == ["ckpt-2.index"] and b.checkpoints == ["ckpt-2.index", "ckpt-3.index"]
+    assert c.checkpoints == ["ckpt-2.index", "ckpt-3.index", "ckpt-6.index"]
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-6")
+    # Only the chief logs: one record per step (log_steps=1) in each launch, not one per worker. The step a stop
+    # signal ends is checkpointed, not logged; whether the chief logged step 4 before worker 1 was killed depends
+    # on timing, and launch C trains step 4 again.
+    assert a.steps == [1] and b.steps in ([3], [3, 4]) and c.steps == [4, 5, 6], (a.steps, b.steps, c.steps)
+
+
+# --- TF_CONFIG workers (MultiWorkerMirroredStrategy) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tf_config_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tf_config")
+
+    return out, _interrupted_run(out, _start_tf_config_workers, lambda procs: [p.wait(timeout=HANG) for p in procs])
+
+
+@pytest.mark.slow
+def test_tf_config_signal_to_one_worker_stops_every_worker_at_the_same_step_and_resumes(tf_config_run, reference):
+    """SIGTERM reaches worker 1 only, between steps 1 and 2 (the probe holds it there until the signal lands):
+    both workers stop after step 2 with exit 75, the chief's checkpoint is ckpt-2, and the next launch resumes
+    both from it; the run ends where the uninterrupted single-process twin ends."""
+    out, launches = tf_config_run
+    stopped, resumed = launches["A"], launches["B"]
+    assert stopped.codes == [75, 75], _tail(stopped)
+    assert "Stopped by a stop signal to another worker at step 2; saved" in stopped.logs[0]
+    assert "Worker 1: stopped by SIGTERM at step 2 with the chief's checkpoint" in stopped.logs[1]
+    assert stopped.checkpoints[-1] == "ckpt-2.index"
+    assert re.search(r"Resuming from \S+ckpt-2: epoch 1, example 32 of 48, step 2", resumed.logs[0]), _tail(resumed)
+    _check_workers(out, reference, _probe_results("\n".join(launches["C"].logs)))
+
+
+@pytest.mark.slow
+def test_tf_config_killed_worker_fails_the_chief_with_a_clear_error(tf_config_run):
+    """Worker 1 SIGKILLed after step 4: its sockets close, so the chief fails at once, with no timeout flag."""
+    killed = tf_config_run[1]["B"]
+    assert killed.codes[0] != 0, _tail(killed)
+    chief = killed.logs[0]
+    assert "Summary" not in chief and re.search(r"engine\s+multi_worker_mirrored", chief), chief[-3000:]
+    assert "UnavailableError" in chief and "Collective ops is aborted" in chief, chief[-3000:]
+    print(f"chief exited {killed.seconds:.1f} s after the worker was killed")
+    assert killed.seconds < 30, killed.seconds  # measured: ~2 s, the gRPC channel reports the reset at once
+
+
+@pytest.mark.slow
+def test_tf_config_two_workers_resume_match_one_process_and_only_the_chief_writes(tf_config_run, reference):
+    """The relaunch after the kill resumes both workers from ckpt-3 (the end of epoch 1) and ends where the
+    uninterrupted single-process twin ends; only the chief wrote checkpoints, log records and the summary."""
+    out, launches = tf_config_run
+    final = launches["C"]
+    assert final.codes == [0, 0], _tail(final)
+    assert re.search(r"Resuming from \S+ckpt-3: epoch 2, example 0 of 48, step 3", final.logs[0]), _tail(final)
+    results = _probe_results("\n".join(final.logs))
+    assert {r["engine"] for r in results} == {"multi_worker_mirrored"}
+    _check_workers(out, reference, results)
+    _chief_wrote_everything(out / "run", launches)
+    assert "Summary" in final.logs[0] and "Summary" not in final.logs[1]  # the other worker stays quiet
+
+
 def _train_py_flags(model_dir, *extra):
-    """A long train.py run (100 epochs of 3 steps) that the failure tests cut short. Depth 0.25 keeps one
-    block per stage: fewer variables to initialize collectively, the same code paths."""
+    """A long train.py run (100 epochs of 3 steps) of the probe's tiny network that the failure tests cut short."""
     return [str(ROOT / "train.py"), "--model_dir", str(model_dir), "--mode", "train", "--train_img_size", "32",
             "--eval_img_size", "32", "--train_batch_size", "8", "--steps_per_epoch", "3", "--max_epochs", "100",
             "--warmup_epochs", "0", "--log_steps", "1", "--save_checkpoint_freq", "1", "--optimizer", "sgd",
-            "--mparams", "dropout_rate=0,drop_connect_rate=0,depth_coefficient=0.25", *extra]
+            "--mparams", "dropout_rate=0,drop_connect_rate=0,depth_coefficient=0.1,width_coefficient=0.25", *extra]
+
+
+@pytest.mark.long
+@pytest.mark.slow
+def test_tf_config_frozen_worker_fails_the_chief_at_the_collective_timeout(tmp_path):
+    """train.py workers with --collective_timeout_s 5. A frozen worker (SIGSTOP) keeps its sockets open, so only
+    a timeout can tell; TF's coordination-service heartbeats would find it after ~10-20 s (measured), so a
+    failure within 5 s + 30 s of slack is this flag's doing. The timeout must stay above the largest skew
+    between workers reaching a collective (tracing, checkpoints)."""
+    timeout = 5
+    procs = _start_tf_config_workers(tmp_path, *_train_py_flags(tmp_path / "run", "--collective_timeout_s",
+                                                                timeout)[1:], script=str(ROOT / "train.py"))
+    try:
+        _wait_for_training(tmp_path / "run", procs, timeout=HANG)
+        os.killpg(procs[1].pid, signal.SIGSTOP)
+        frozen = time.time()
+        code = procs[0].wait(timeout=90)
+        seconds = time.time() - frozen
+    finally:
+        _stop(procs)
+    log = (tmp_path / "worker-0.log").read_text()
+    assert code != 0
+    assert "Summary" not in log and re.search(r"engine\s+multi_worker_mirrored", log), log[-3000:]
+    assert "DeadlineExceededError" in log and "Collective has timed out" in log, log[-3000:]
+    print(f"chief exited {seconds:.1f} s after the worker was frozen")
+    assert timeout <= seconds < timeout + 30, seconds
+
+
+# --- Horovod (horovodrun, Gloo) ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Stalled:
+    """The run whose rank 1 stalled: horovodrun's output and exit code, and seconds from the stall to its exit."""
+    log: str
+    code: int | None
+    seconds: float
+
+
+def _stalled_run(out, overlapping):
+    """Rank 1 stays alive but never submits step 3's allreduce (--collective_timeout_s 20). Until then the stall
+    timeout must not see the ranks' skew in reaching a collective (tracing a step), so this run gets the machine
+    to itself; then, as it only waits for the timeout, `overlapping()` runs beside it. Returns (Stalled, what
+    overlapping returned)."""
+    out.mkdir()
+    launcher = _horovodrun(out, PROBE, "worker", out, "stall_after=2", "timeout=20")
+    exits = []
+    try:
+        if not _wait_for_file(out / "stalled-1", [launcher], timeout=HANG):
+            return Stalled((out / "horovodrun.log").read_text(), launcher.returncode, 0.0), overlapping()
+        stalled = time.time()
+        watch = threading.Thread(target=lambda: exits.append((launcher.wait(), time.time())), daemon=True)
+        watch.start()
+        result = overlapping()
+        watch.join(timeout=HANG)
+    finally:
+        _stop([launcher])
+    code, exited = exits[0] if exits else (None, time.time())
+    return Stalled((out / "horovodrun.log").read_text(), code, exited - stalled), result
+
+
+@pytest.fixture(scope="module")
+def horovod_runs(tmp_path_factory):
+    """(out dir of the interrupted run, its launches, the stalled run), the interrupted run's launches running
+    while the stalled run waits for its timeout."""
+    out = tmp_path_factory.mktemp("horovod")
+    start = lambda logs, *args: [_horovodrun(logs, PROBE, *args)]  # noqa: E731
+    interrupted = out / "interrupted"
+    interrupted.mkdir()
+    stalled, launches = _stalled_run(out / "stalled", lambda: _interrupted_run(
+        interrupted, start, lambda procs: [procs[0].wait(timeout=HANG)]))
+    return interrupted, launches, stalled
+
+
+@pytest.mark.slow
+@needs_horovod
+def test_horovod_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resumes(horovod_runs, reference):
+    out, launches, _ = horovod_runs
+    [output] = launches["A"].logs
+    assert re.search(r"\[0\]<stdout>:.*Stopped by a stop signal to another worker at step 2; saved", output), \
+        output[-3000:]
+    assert "[1]<stdout>:Worker 1: stopped by SIGTERM at step 2 with the chief's checkpoint" in output
+    # Both ranks exit 75 (horovodrun itself then reports the non-zero exits and returns 1).
+    assert sorted(re.findall(r"Process (\d) exit with status code (-?\d+)", output)) == [("0", "75"), ("1", "75")]
+    assert launches["A"].checkpoints[-1] == "ckpt-2.index"
+    [resumed] = launches["B"].logs
+    assert re.search(r"Resuming from \S+ckpt-2: epoch 1, example 32 of 48, step 2", resumed), resumed[-3000:]
+    _check_workers(out, reference, _probe_results(launches["C"].logs[0]))
+
+
+@pytest.mark.slow
+@needs_horovod
+def test_horovod_run_stopped_on_two_ranks_resumes_on_one_process_on_the_example_clock(tmp_path, horovod_runs):
+    """Requeued on one process (global batch 16 -> 8): epoch 1 already holds 32 examples, more than the 3 x 8 of
+    an epoch at the new shape, so the run goes on with epoch 2 and ends after 2 + 3 steps and 32 + 24 examples."""
+    shutil.copytree(horovod_runs[0] / "after-A", tmp_path / "run")
+    proc = subprocess.run([sys.executable, PROBE, "worker", str(tmp_path)], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=HANG)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("The run shape changed (replicas 2 -> 1, workers 2 -> 1; global batch 16 -> 8): training continues on "
+            "the same example clock, with the learning rate of the new global batch; epoch 1 is already complete "
+            "at this shape") in proc.stdout, proc.stdout[-3000:]
+    [result] = _probe_results(proc.stdout)
+    assert result["steps"] == 5 and result["replicas"] == 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["examples_seen"] == 56 and summary["epochs"] == 2
+
+
+@pytest.mark.slow
+@needs_horovod
+def test_horovodrun_resume_after_a_killed_rank_matches_one_process(horovod_runs, reference):
+    """Rank 1 is SIGKILLed after step 4 (epoch 2): the survivor fails, and the next launch resumes both ranks from
+    the epoch-1 checkpoint (ckpt-3) and ends where the uninterrupted single-process twin ends (1e-5)."""
+    out, launches, _ = horovod_runs
+    killed, final = launches["B"], launches["C"]
+    assert killed.codes != [0], _tail(killed)
+    assert killed.checkpoints[-1] == "ckpt-3.index"
+    assert final.codes == [0], _tail(final)
+    assert re.search(r"Resuming from \S+ckpt-3: epoch 2, example 0 of 48, step 3", final.logs[0]), _tail(final)
+    _check_workers(out, reference, _probe_results(final.logs[0]))
+
+
+@pytest.mark.slow
+@needs_horovod
+def test_horovodrun_two_ranks_match_one_process(horovod_runs, reference):
+    """Both ranks of the completed run (the last launch) hold the reference's variables, and only rank 0 wrote
+    checkpoints, log records and the summary."""
+    out, launches, _ = horovod_runs
+    results = _probe_results(launches["C"].logs[0])
+    assert {r["engine"] for r in results} == {"horovod"}
+    _check_workers(out, reference, results)
+    _chief_wrote_everything(out / "run", launches)
 
 
 def _horovod_rank_pid(launcher_pid, rank):
@@ -288,12 +520,9 @@ def _horovod_rank_pid(launcher_pid, rank):
 @needs_horovod
 def test_horovod_train_py_killed_rank_fails_the_others_quickly(tmp_path):
     """train.py under horovodrun picks the Horovod engine by itself (--engine auto), with fp16 allreduce."""
-    log = open(tmp_path / "horovodrun.log", "w")  # a file, not a pipe nobody drains while we wait
-    launcher = subprocess.Popen([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
-                                 *_train_py_flags(tmp_path / "run", "--hvd_fp16_allreduce")], cwd=ROOT, env=_env(),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    launcher = _horovodrun(tmp_path, *_train_py_flags(tmp_path / "run", "--hvd_fp16_allreduce"))
     try:
-        _wait_for_training(tmp_path / "run", [launcher], timeout=150)
+        _wait_for_training(tmp_path / "run", [launcher], timeout=HANG)
         os.kill(_horovod_rank_pid(launcher.pid, 1), signal.SIGKILL)
         killed = time.time()
         launcher.wait(timeout=60)
@@ -310,158 +539,6 @@ def test_horovod_train_py_killed_rank_fails_the_others_quickly(tmp_path):
     print(f"horovodrun exited {seconds:.1f} s after the kill")
 
 
-@pytest.mark.long
-@pytest.mark.slow
-@pytest.mark.parametrize("how", ["killed", "frozen"])
-def test_tf_config_lost_worker_fails_the_chief_with_a_clear_error(tmp_path, how):
-    # A killed worker needs no flag (its sockets close). A frozen one is found by TF's coordination-service
-    # heartbeats after ~10-20 s (measured); 5 s is below that, so the failure below is this flag's doing.
-    # It must stay above the largest skew between workers reaching a collective (tracing, checkpoints).
-    timeout = 5
-    extra = [] if how == "killed" else ["--collective_timeout_s", str(timeout)]
-    procs = _start_tf_config_workers(tmp_path, *_train_py_flags(tmp_path / "run", *extra)[1:],
-                                     script=str(ROOT / "train.py"))
-    try:
-        _wait_for_training(tmp_path / "run", procs, timeout=200)
-        # SIGKILL closes the worker's sockets; SIGSTOP leaves them open, so only the timeout can tell.
-        os.killpg(procs[1].pid, signal.SIGKILL if how == "killed" else signal.SIGSTOP)
-        lost = time.time()
-        code = procs[0].wait(timeout=90)
-        seconds = time.time() - lost
-    finally:
-        _stop(procs)
-    log = (tmp_path / "worker-0.log").read_text()
-    assert code != 0
-    assert "Summary" not in log and re.search(r"engine\s+multi_worker_mirrored", log), log[-3000:]
-    print(f"chief exited {seconds:.1f} s after the worker was {how}")
-    if how == "killed":  # measured: ~2 s, the gRPC channel reports the reset at once
-        assert "UnavailableError" in log and "Collective ops is aborted" in log, log[-3000:]
-        assert seconds < 30, seconds
-    else:  # the sockets stay open: --collective_timeout_s ends the wait
-        assert "DeadlineExceededError" in log and "Collective has timed out" in log, log[-3000:]
-        assert timeout <= seconds < timeout + 30, seconds
-
-
-def _wait_for_file(path, procs, timeout):
-    """Until `path` exists (a probe's marker), failing early if a process exits first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists():
-            return
-        assert all(p.poll() is None for p in procs), f"a process exited before {path.name} appeared"
-        time.sleep(0.2)
-    raise AssertionError(f"{path.name} did not appear in {timeout} s")
-
-
-def _horovodrun_probe(out, *args, log_name="horovodrun.log"):
-    """A 2-rank probe run under horovodrun (a new session, output in out/log_name)."""
-    log = open(out / log_name, "w")  # a file, not a pipe nobody drains while we wait
-    return subprocess.Popen([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, PROBE, *args],
-                            cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-@pytest.mark.slow
-def test_tf_config_signal_to_one_worker_stops_every_worker_at_the_same_step_and_resumes(tmp_path, reference):
-    """SIGTERM reaches worker 1 only, between steps 1 and 2 (the probe holds it there until the signal lands):
-    both workers stop after step 2 with exit 75, the chief's checkpoint is ckpt-2, and the next launch resumes
-    both from it and ends where the uninterrupted single-process twin ends."""
-    procs = _start_tf_config_workers(tmp_path, "worker", tmp_path, "pause_after=1")
-    try:
-        _wait_for_file(tmp_path / "paused-1", procs, timeout=300)
-        os.kill(int((tmp_path / "paused-1").read_text()), signal.SIGTERM)
-        codes = [p.wait(timeout=300) for p in procs]
-    finally:
-        _stop(procs)
-    logs = [(tmp_path / f"worker-{i}.log").read_text() for i in range(2)]
-    assert codes == [75, 75], logs[0][-2000:] + logs[1][-2000:]
-    assert "Stopped by a stop signal to another worker at step 2; saved" in logs[0]
-    assert "Worker 1: stopped by SIGTERM at step 2 with the chief's checkpoint" in logs[1]
-    assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("ckpt-2")
-    logs = _run_tf_config_workers(tmp_path)
-    assert re.search(r"Resuming from \S+ckpt-2: epoch 1, example 32 of 48, step 2", logs[0]), logs[0][-3000:]
-    _check_workers(tmp_path, reference, _probe_results("\n".join(logs)))
-
-
-@pytest.fixture(scope="module")
-def horovod_stopped_by_signal(tmp_path_factory):
-    """A 2-rank horovodrun probe run whose rank 1 alone got SIGTERM between steps 1 and 2: (out dir, output)."""
-    out = tmp_path_factory.mktemp("hvd_stopped")
-    launcher = _horovodrun_probe(out, "worker", out, "pause_after=1")
-    try:
-        _wait_for_file(out / "paused-1", [launcher], timeout=300)
-        os.kill(int((out / "paused-1").read_text()), signal.SIGTERM)
-        launcher.wait(timeout=300)
-    finally:
-        _stop([launcher])
-    return out, (out / "horovodrun.log").read_text()
-
-
-def _horovodrun_resume_matches_reference(out, reference, resumed_at):
-    """Relaunches the 2-rank probe on out/run: it resumes at `resumed_at` and ends where the reference ends."""
-    proc = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, PROBE, "worker",
-                           str(out)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(r"Resuming from \S+" + re.escape(resumed_at), proc.stdout), proc.stdout[-3000:]
-    _check_workers(out, reference, _probe_results(proc.stdout))
-
-
-def _copy_run(stopped, tmp_path):
-    import shutil
-
-    shutil.copytree(stopped / "run", tmp_path / "run")
-    return tmp_path
-
-
-@pytest.mark.slow
-@needs_horovod
-def test_horovod_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resumes(tmp_path, reference,
-                                                                                 horovod_stopped_by_signal):
-    stopped, output = horovod_stopped_by_signal
-    assert re.search(r"\[0\]<stdout>:.*Stopped by a stop signal to another worker at step 2; saved", output), \
-        output[-3000:]
-    assert "[1]<stdout>:Worker 1: stopped by SIGTERM at step 2 with the chief's checkpoint" in output
-    # Both ranks exit 75 (horovodrun itself then reports the non-zero exits and returns 1).
-    assert sorted(re.findall(r"Process (\d) exit with status code (-?\d+)", output)) == [("0", "75"), ("1", "75")]
-    assert tf.train.latest_checkpoint(str(stopped / "run")).endswith("ckpt-2")
-    _horovodrun_resume_matches_reference(_copy_run(stopped, tmp_path), reference,
-                                         "ckpt-2: epoch 1, example 32 of 48, step 2")
-
-
-@pytest.mark.slow
-@needs_horovod
-def test_horovod_run_stopped_on_two_ranks_resumes_on_one_process_on_the_example_clock(tmp_path,
-                                                                                     horovod_stopped_by_signal):
-    """Requeued on one process (global batch 16 -> 8): epoch 1 already holds 32 examples, more than the 3 x 8 of
-    an epoch at the new shape, so the run goes on with epoch 2 and ends after 2 + 3 steps and 32 + 24 examples."""
-    out = _copy_run(horovod_stopped_by_signal[0], tmp_path)
-    proc = subprocess.run([sys.executable, PROBE, "worker", str(out)], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert ("The run shape changed (replicas 2 -> 1, workers 2 -> 1; global batch 16 -> 8): training continues on "
-            "the same example clock, with the learning rate of the new global batch; epoch 1 is already complete "
-            "at this shape") in proc.stdout, proc.stdout[-3000:]
-    [result] = _probe_results(proc.stdout)
-    assert result["steps"] == 5 and result["replicas"] == 1
-    summary = json.loads((out / "run" / "summary.json").read_text())
-    assert summary["examples_seen"] == 56 and summary["epochs"] == 2
-
-
-@pytest.mark.slow
-@needs_horovod
-def test_horovodrun_resume_after_a_killed_rank_matches_one_process(tmp_path, reference):
-    """Rank 1 is SIGKILLed after step 4 (epoch 2): the survivor fails, and the next launch resumes both ranks from
-    the epoch-1 checkpoint (ckpt-3) and ends where the uninterrupted single-process twin ends (1e-5)."""
-    launcher = _horovodrun_probe(tmp_path, "worker", tmp_path, "pause_after=4")
-    try:
-        _wait_for_file(tmp_path / "paused-1", [launcher], timeout=300)
-        os.kill(int((tmp_path / "paused-1").read_text()), signal.SIGKILL)
-        assert launcher.wait(timeout=120) != 0
-    finally:
-        _stop([launcher])
-    assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("ckpt-3")
-    _horovodrun_resume_matches_reference(tmp_path, reference, "ckpt-3: epoch 2, example 0 of 48, step 3")
-
-
 @pytest.mark.slow
 @needs_horovod
 def test_horovod_fp16_allreduce_is_the_fp32_sum_within_float16_rounding(tmp_path):
@@ -469,12 +546,15 @@ def test_horovod_fp16_allreduce_is_the_fp32_sum_within_float16_rounding(tmp_path
     casts each rank's tensor to float16, sums in float16 and casts back: three roundings of at most 2**-11
     relative (2**-25 absolute below float16's normal range, 6.1e-5), so per element
     |fp16 - fp32| <= 2**-11 * 2.01 * (|g0| + |g1|) + 3 * 2**-25 (the 0.01 covers float32's own rounding)."""
-    proc = subprocess.run([HOROVODRUN, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable, PROBE, "gradients",
-                           str(tmp_path)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    launcher = _horovodrun(tmp_path, PROBE, "gradients", tmp_path)
+    try:
+        code = launcher.wait(timeout=HANG)
+    finally:
+        _stop([launcher])
+    assert code == 0, (tmp_path / "horovodrun.log").read_text()[-3000:]
     ranks = [_load(tmp_path / f"grads-{r}.npz") for r in (0, 1)]
     tensors = sorted(k[len("local"):] for k in ranks[0] if k.startswith("local"))
-    assert len(tensors) > 200
+    assert len(tensors) > 80  # every trainable variable of the tiny network
     differs = 0
     for t in tensors:
         g0, g1 = ranks[0][f"local{t}"].astype(np.float64), ranks[1][f"local{t}"].astype(np.float64)
@@ -492,26 +572,18 @@ def test_horovod_fp16_allreduce_is_the_fp32_sum_within_float16_rounding(tmp_path
 
 @pytest.mark.slow
 @needs_horovod
-def test_horovod_stalled_rank_gets_the_stall_warning_and_fails_every_rank_at_the_timeout(tmp_path):
+def test_horovod_stalled_rank_gets_the_stall_warning_and_fails_every_rank_at_the_timeout(horovod_runs):
     """Rank 1 stays alive but never submits step 3's allreduce. With --collective_timeout_s 20 Horovod's stall
     inspector warns and shuts Horovod down 30-50 s into the stall (loops.parallel.horovod_engine.horovod_timeouts),
     which fails rank 0's allreduce; horovodrun then ends rank 1 (SIGTERM, SIGKILL 5 s later). Without
-    scripts/install_horovod.sh's Gloo fix the inspector sees no ranks and the survivor would wait forever. The
-    timeout must exceed the ranks' skew in reaching the first step (tracing it; several seconds on this loaded
-    machine), like any timeout of a collective; depth 0.25 keeps the tracing short."""
-    launcher = _horovodrun_probe(tmp_path, "worker", tmp_path, "stall_after=2", "timeout=20", "depth=0.25")
-    try:
-        _wait_for_file(tmp_path / "stalled-1", [launcher], timeout=300)
-        stalled = time.time()
-        launcher.wait(timeout=120)
-        seconds = time.time() - stalled
-    finally:
-        _stop([launcher])
-    output = (tmp_path / "horovodrun.log").read_text()
-    assert launcher.returncode != 0
+    scripts/install_horovod.sh's Gloo fix the inspector sees no ranks and the survivor would wait forever."""
+    stalled = horovod_runs[2]
+    output = stalled.log
+    assert stalled.seconds, f"horovodrun exited before rank 1 stalled:\n{output[-3000:]}"
+    assert stalled.code not in (0, None), output[-3000:]
     assert "One or more tensors were submitted to be reduced, gathered or broadcasted by subset of ranks" in output
     assert re.search(r"Missing ranks:\s*\S*\s*1!?: \[", output), output[-3000:]
     assert "is stalled for longer than 20 seconds. Will shutdown." in output, output[-3000:]
     assert "Horovod has been shut down" in output
-    print(f"horovodrun exited {seconds:.1f} s after rank 1 stalled")
-    assert 20 <= seconds < 2.5 * 20 + 45, seconds  # measured: 61 s at load 8 (shutdown 44 s into the stall)
+    print(f"horovodrun exited {stalled.seconds:.1f} s after rank 1 stalled")
+    assert 20 <= stalled.seconds < 2.5 * 20 + 45, stalled.seconds  # measured: 61 s at load 8
