@@ -10,8 +10,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from efficientnet.params import (CONV_INIT, DENSE_INIT, BlockSpec, ModelParams, canonical_variant, decode_blocks,
-                                 params_for, round_filters)
+from efficientnet.params import (CONV_INIT, BlockSpec, ModelParams, canonical_variant, classifier_initializer,
+                                 decode_blocks, params_for, round_filters)
 
 
 @keras.saving.register_keras_serializable("efficientnet_tf2")
@@ -138,7 +138,8 @@ def build_from_params(params: ModelParams, *, image_size: int | None = None,
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if params.dropout_rate > 0:
         x = layers.Dropout(params.dropout_rate, name="top_dropout")(x)
-    x = layers.Dense(params.num_classes, kernel_initializer=DENSE_INIT, name="predictions")(x)
+    x = layers.Dense(params.num_classes, kernel_initializer=classifier_initializer(params.classifier_init),
+                     name="predictions")(x)
     # Logits leave the model in float32 whatever the mixed-precision policy, so softmax/loss stay stable.
     logits = layers.Activation("linear", dtype="float32", name="logits")(x)
     model = keras.Model(inputs, logits, name=name)

@@ -54,8 +54,13 @@ IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 # uniform 1/3 fan_out for the classifier.
 CONV_INIT = {"class_name": "VarianceScaling",
              "config": {"scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}}
-DENSE_INIT = {"class_name": "VarianceScaling",
-              "config": {"scale": 1.0 / 3.0, "mode": "fan_out", "distribution": "uniform"}}
+CLASSIFIER_INITS = ("fan_out", "fan_in")
+
+
+def classifier_initializer(mode: str = "fan_out") -> dict:
+    """Uniform with variance 1 / (3 x fan): the reference's fan_out is the class count, fan_in the head's
+    features (1280 in B0), whatever the class count."""
+    return {"class_name": "VarianceScaling", "config": {"scale": 1.0 / 3.0, "mode": mode, "distribution": "uniform"}}
 
 
 # Keras activation names the builder accepts ("swish" is ours: efficientnet.model.swish).
@@ -87,6 +92,11 @@ class ModelParams:
     # into the stem exactly (its zero padding would differ).
     input_mean: tuple[float, ...] = IMAGENET_MEAN
     input_std: tuple[float, ...] = IMAGENET_STD
+    # The reference's classifier init scales with 1 / class count: made for 1000 classes (initial logits of
+    # std ~0.4), it starts 10 classes at std ~4, a loss of ~6 instead of ln 10 = 2.3, and short runs spend
+    # their first epochs undoing it or never recover (docs/small_images.md). fan_in gives every class count
+    # the 1000-class scale.
+    classifier_init: str = "fan_out"
 
     def __post_init__(self):
         for name in ("input_mean", "input_std"):
@@ -107,6 +117,9 @@ class ModelParams:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid model parameter {bad[0]}={getattr(self, bad[0])!r}")
+        if self.classifier_init not in CLASSIFIER_INITS:
+            raise ValueError(f"invalid model parameter classifier_init={self.classifier_init!r}: not one of "
+                             f"{', '.join(CLASSIFIER_INITS)}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"invalid model parameter activation={self.activation!r}: not one of "
                              f"{', '.join(ACTIVATIONS)}")

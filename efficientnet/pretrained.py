@@ -883,10 +883,11 @@ def _fmt(values) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # saving
 
-# ModelParams fields that keras.applications' EfficientNet does not fix: training-only settings, the class
-# count (its `classes`), and the normalisation, which its Normalization layer holds as weights.
+# ModelParams fields that keras.applications' EfficientNet does not fix: training-only settings (the classifier's
+# initializer among them), the class count (its `classes`), and the normalisation, which its Normalization layer
+# holds as weights.
 _KERAS_FREE_FIELDS = ("num_classes", "dropout_rate", "drop_connect_rate", "bn_momentum", "sync_bn", "resolution",
-                      "input_mean", "input_std")
+                      "input_mean", "input_std", "classifier_init")
 
 
 def _check_keras_architecture(name: str, params):

@@ -15,8 +15,9 @@ Keras: `keras.applications.EfficientNetB0(weights=None)` on `keras.utils.image_d
 whole image resized to S, no augmentation). The recipe is read from ours' command line with train.py's own
 flag parser, so both get the same: batch size, epochs, image size, the optimizer (RMSprop rho, momentum,
 epsilon), the learning-rate schedule object train.py builds (lr_init x batch / 128, linear warmup, cosine or
-exponential decay), label smoothing, and the BatchNorm momentum when `--mparams bn_momentum=...` sets it. Fit
-runs the same number of steps (train images // batch per epoch); then the validation folder is evaluated.
+exponential decay), label smoothing, and the BatchNorm momentum and classifier initializer when `--mparams
+bn_momentum=...,classifier_init=...` sets them. Fit runs the same number of steps (train images // batch per
+epoch); then the validation folder is evaluated.
 """
 
 from __future__ import annotations
@@ -72,6 +73,27 @@ def train_ours(flags: list[str], model_dir: str) -> dict:
         return {**json.load(f), "seconds": seconds}
 
 
+def keras_model(recipe, num_classes: int):
+    """Keras Applications' EfficientNetB0 (random weights, logits out) with the recipe's model settings that
+    are not its own architecture: BatchNorm momentum and classifier initializer, when --mparams sets them."""
+    import keras
+
+    from efficientnet.params import classifier_initializer
+
+    size = (recipe.train_img_size, recipe.train_img_size)
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(*size, 3), classes=num_classes,
+                                              classifier_activation=None)
+    if "bn_momentum" in recipe.model_overrides:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = recipe.model_overrides["bn_momentum"]
+    if "classifier_init" in recipe.model_overrides:
+        kernel = model.get_layer("predictions").kernel
+        initializer = keras.initializers.get(classifier_initializer(recipe.model_overrides["classifier_init"]))
+        kernel.assign(initializer(kernel.shape))
+    return model
+
+
 def train_keras(data_dir: str, recipe) -> dict:
     """Keras Applications' EfficientNetB0 + fit with our recipe; returns the validation top-1 and wall time."""
     import keras
@@ -91,12 +113,7 @@ def train_keras(data_dir: str, recipe) -> dict:
     num_train = sum(len(files) for _, _, files in os.walk(folder["train"]))
     steps_per_epoch = num_train // batch
     schedule = learning_rate_schedule(recipe, 1, steps_per_epoch)
-    model = keras.applications.EfficientNetB0(weights=None, input_shape=(*size, 3), classes=len(train.class_names),
-                                              classifier_activation=None)
-    if "bn_momentum" in recipe.model_overrides:
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = recipe.model_overrides["bn_momentum"]
+    model = keras_model(recipe, len(train.class_names))
     model.compile(optimizer=keras.optimizers.RMSprop(schedule, rho=recipe.rho, momentum=recipe.momentum,
                                                      epsilon=recipe.epsilon),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True,
@@ -138,7 +155,8 @@ def main(argv=None) -> int:
         raise RuntimeError(f"ours ran {ours['steps']} steps, Keras {keras_result['steps']}")
     print(f"\n{args.data_dir}: {recipe.train_img_size} px, batch {recipe.train_batch_size}, {recipe.max_epochs} "
           f"epochs ({ours['steps']} steps each), warmup {recipe.warmup_epochs:g}, lr_init {recipe.lr_init:g}, "
-          f"bn_momentum {recipe.model_overrides.get('bn_momentum', 0.99)}; train.py flags: "
+          f"bn_momentum {recipe.model_overrides.get('bn_momentum', 0.99)}, classifier_init "
+          f"{recipe.model_overrides.get('classifier_init', 'fan_out')}; train.py flags: "
           f"{' '.join(extra) or '(none)'}; {os.cpu_count()} CPUs, load average {load_before:.2f} at the start, "
           f"{os.getloadavg()[0]:.2f} at the end")
     print("| model | top-1 | train + eval s |\n|---|---:|---:|")

@@ -6,6 +6,7 @@ import pickle
 import re
 import sys
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,6 +15,7 @@ from input import testdata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "scripts"))
+import compare_convergence  # noqa: E402
 import small_image_datasets  # noqa: E402
 
 
@@ -32,6 +34,19 @@ def test_both_trainings_run_on_one_folder_and_print_their_top1(run_script, tmp_p
     assert set(rows) == {"ours, raw weights", "ours, EMA weights", "Keras Applications EfficientNetB0 + fit"}
     assert all(round(float(v) * 9, 3) == round(float(v) * 9) for v in rows.values())  # k of the 9 validation images
     assert "3 steps each" in proc.stdout  # 24 images // batch 8, one epoch, on both sides
+
+
+def test_keras_side_gets_the_recipes_batch_norm_momentum_and_classifier_init(tmp_path):
+    flags = ["--model_dir", str(tmp_path), "--train_img_size", "32",
+             "--mparams", "bn_momentum=0.9,classifier_init=fan_in"]
+    model = compare_convergence.keras_model(compare_convergence.recipe_of(flags), 10)
+    momenta = {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.9}
+    kernel = model.get_layer("predictions").kernel.numpy()
+    assert kernel.shape == (1280, 10) and 0.99 / np.sqrt(1280) < np.abs(kernel).max() <= 1 / np.sqrt(1280)
+    # Without the override Keras keeps its own (the reference's) initializer: ten times wider at 10 classes.
+    default = compare_convergence.keras_model(compare_convergence.recipe_of(flags[:4]), 10)
+    assert np.abs(default.get_layer("predictions").kernel.numpy()).max() > 0.99 / np.sqrt(10)
 
 
 def test_dataset_folder_is_a_fixed_split_of_png_files(tmp_path):

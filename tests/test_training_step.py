@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import efficientnet
+from efficientnet.model import BatchNorm, swish
 from input import mix_batch
 from input.config import AugmentConfig
 from loops.config import TrainConfig
@@ -101,6 +102,41 @@ def test_ema_follows_the_warmup_formula(tmp_path):
     np.testing.assert_allclose(model.get_weights()[0], expected[0], rtol=1e-5, atol=1e-6)
     state.ema.swap()
     np.testing.assert_allclose(model.get_weights()[0], raw[0])
+
+
+def test_without_weight_decay_a_step_is_keras_fits_step_on_the_same_network_and_batches(tmp_path):
+    """What train.py adds to Keras's `fit` on a network is the recipe (L2, EMA, schedule), not another update:
+    BatchNorm statistics included, the weights after each step are Keras's to the last bit."""
+    cfg = _cfg(tmp_path, train_batch_size=8, weight_decay=0.0, warmup_epochs=1, lr_init=0.5)
+
+    def network():
+        keras.utils.set_random_seed(4)
+        return keras.Sequential([
+            keras.Input((8, 8, 3)),
+            keras.layers.Rescaling(1 / 64.0, offset=-2.0),
+            keras.layers.Conv2D(6, 3, use_bias=False, name="conv"),
+            BatchNorm(momentum=0.9, name="bn"),  # efficientnet's fused BatchNorm
+            keras.layers.Activation(swish),
+            keras.layers.DepthwiseConv2D(3, name="dwconv"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(4, name="dense"),
+        ], name="net")
+
+    ours = _state(cfg, network)
+    theirs = network()
+    theirs.compile(optimizer=create_optimizer(cfg, learning_rate_schedule(cfg, 1, steps_per_epoch=10)),
+                   loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing))
+    images, labels = _batch(8 * 4)
+    images, labels = images.reshape(4, 8, 8, 8, 3), labels.reshape(4, 8, 4)
+    metrics = _run_steps(ours, cfg, (images, labels))
+    for i in range(4):
+        loss = theirs.train_on_batch(images[i], labels[i])
+        assert float(metrics[i]["loss"]) == pytest.approx(loss, rel=1e-6)
+    for a, b in zip(ours.model.weights, theirs.weights):
+        assert a.path == b.path
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(network().weights[0].numpy(), theirs.weights[0].numpy())  # both really trained
+    assert theirs.weights[3].path == "net/bn/moving_mean" and np.abs(theirs.weights[3].numpy()).max() > 0
 
 
 def test_learning_rate_schedule_values(tmp_path):
