@@ -110,7 +110,7 @@ def test_demo_flag_file_is_the_readme_command():
     assert (cfg.train_img_size, cfg.max_epochs, cfg.warmup_epochs) == (32, 12, 1.0)
     assert cfg.preprocess == I.Preprocessing(random_crop=True, crop_area_range=(0.5, 1.0), random_flip=False,
                                              eval_crop_fraction=0.875)
-    assert cfg.model_overrides == {"bn_momentum": 0.9} and cfg.data.data_dir is None
+    assert cfg.model_overrides == {"bn_momentum": 0.9, "classifier_init": "fan_in"} and cfg.data.data_dir is None
 
 
 def test_warmup_longer_than_the_run_is_cut_to_it_with_a_notice(capsys):
