@@ -30,8 +30,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROBE = str(ROOT / "tests" / "distributed_probe.py")
 HOROVODRUN = str(pathlib.Path(sys.executable).with_name("horovodrun"))
 HAVE_HOROVOD = importlib.util.find_spec("horovod") is not None and os.path.exists(HOROVODRUN)
-needs_horovod = pytest.mark.skipif(not HAVE_HOROVOD, reason="horovod is not installed in this venv "
-                                   "(optional: scripts/install_horovod.sh, see docs/horovod.md)")
+_SKIP_WITHOUT_HOROVOD = pytest.mark.skipif(not HAVE_HOROVOD, reason="horovod is not installed in this venv "
+                                          "(optional: scripts/install_horovod.sh, see docs/horovod.md)")
+
+
+def needs_horovod(test):
+    """Skipped without Horovod; marked `horovod`, so .ci/run selects these once it has installed Horovod."""
+    return pytest.mark.horovod(_SKIP_WITHOUT_HOROVOD(test))
 # BatchNorm moving statistics are per replica in both engines (as in MirroredStrategy without sync_bn), so
 # only those (and their EMA shadows) may differ between workers; everything else must be identical.
 PER_REPLICA = ("moving_mean", "moving_variance")

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip(
     "horovod", reason="Horovod is optional and not installed; install it with scripts/install_horovod.sh")
 
+pytestmark = pytest.mark.horovod
 HERE = pathlib.Path(__file__).resolve().parent
 PROBE = HERE / "hvd_allreduce_probe.py"
 HANG = 900  # bounds a hung process; a passing run never waits for it (loaded machines need minutes)

@@ -172,27 +172,3 @@ def test_bad_flags_stop_before_any_work_naming_the_flag(tmp_path, run_script, fl
     assert out.returncode != 0
     assert message in out.stderr
     assert not (tmp_path / "log.jsonl").exists()
-
-
-@pytest.mark.long
-@pytest.mark.slow
-def test_demo_training_learns_well_above_chance(tmp_path, run_script):
-    out = run_script("train.py", "--model_dir", tmp_path, *DEMO_FLAGS, timeout=1200)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "embedded demo dataset" in out.stdout
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["best_eval_accuracy_top_1"] > 0.6  # 10 classes: chance is 0.1
-    assert summary["eval_examples"] == 359
-    assert tf.train.latest_checkpoint(str(tmp_path))
-    assert list((tmp_path / "tensorboard").iterdir())
-
-
-def _readme_demo_flags():
-    text = (ROOT / "README.md").read_text()
-    command = [line for line in text.splitlines() if "train.py" in line and line.startswith("    python3 -m venv")][0]
-    flags = command.split("train.py", 1)[1].split()
-    return [f for i, f in enumerate(flags)  # the test chooses the model_dir
-            if not f.startswith("--model_dir") and not (i and flags[i - 1] == "--model_dir")]
-
-
-DEMO_FLAGS = _readme_demo_flags() if "train.py" in (ROOT / "README.md").read_text() else []
