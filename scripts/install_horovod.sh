@@ -9,7 +9,7 @@
 #
 # Horovod is optional and only ships as a source distribution, so it is kept out of the requirements files.
 # Idempotent: does nothing if the wanted build is already installed; reuses a cached wheel (keyed by Horovod
-# version, TensorFlow version, Python tag and GPU operations) instead of rebuilding (the build takes 2-6 min on 2 cores).
+# version, TensorFlow version, Python tag and GPU operations) instead of rebuilding (the build takes 1.5-6 min on 2 cores, by load).
 # Environment:
 #   PYTHON               interpreter to install into (default: <repo>/.venv/bin/python)
 #   HOROVOD_WHEEL_CACHE  where built wheels are kept (default: $HOME/.cache/efficientnet_tf2/wheels)
@@ -65,9 +65,9 @@ EOF
 read -r TF_VERSION PY_TAG TF_INCLUDE <<<"$tf_info"
 
 # PEP 440 local version label identifying the build: 0.28.1+tf2.21.0 (GPU builds: 0.28.1+tf2.21.0.nccl).
-# "patch1": this script's source patches (below); a changed patch set gets a new label, so an old cached wheel
-# is never reused for it.
-LOCAL_LABEL="tf$(echo "$TF_VERSION" | tr -c 'A-Za-z0-9\n' '.').patch1"
+# "patch2": this script's source and build patches (below); a changed patch set gets a new label, so an old
+# cached wheel is never reused for it.
+LOCAL_LABEL="tf$(echo "$TF_VERSION" | tr -c 'A-Za-z0-9\n' '.').patch2"
 if [ -n "${HOROVOD_GPU_OPERATIONS:-}" ]; then
   LOCAL_LABEL="$LOCAL_LABEL.$(echo "$HOROVOD_GPU_OPERATIONS" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9\n' '.')"
 fi
@@ -137,9 +137,9 @@ if [ "${HOROVOD_FORCE_BUILD:-0}" != 1 ]; then
   fi
 fi
 if [ "${HOROVOD_FORCE_BUILD:-0}" = 1 ]; then
-  log "HOROVOD_FORCE_BUILD=1: building from source (2-6 min on 2 cores, depending on load)"
+  log "HOROVOD_FORCE_BUILD=1: building from source (1.5-6 min on 2 cores, depending on load)"
 else
-  log "no cached wheel matching $CACHE_DIR/$WHEEL_GLOB; building from source (2-6 min on 2 cores, depending on load)"
+  log "no cached wheel matching $CACHE_DIR/$WHEEL_GLOB; building from source (1.5-6 min on 2 cores, depending on load)"
 fi
 
 # --- 3. System build dependencies -----------------------------------------------------------------------------
