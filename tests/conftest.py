@@ -10,9 +10,9 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The test files that run longest, in this order before the others: with --no-loadscope-reorder (.ci/run's
-# long tests) xdist hands each worker whole files in collection order, and a long file collected late runs
-# alone at the end while the other worker idles (the README demo did).
+# The test files that run longest, in this order before the others: xdist hands each worker whole files in
+# collection order, so a long file collected late runs alone at the end while the other worker idles (the
+# README demo did, in CI's long tests).
 LONGEST_FIRST = ("test_demo.py", "test_distributed.py")
 
 
