@@ -1,5 +1,4 @@
-"""Shared fixtures: a tiny trained checkpoint (made once per session) and a runner for entry-point scripts; the
-collection order of the longest test files."""
+"""Shared fixtures: a tiny trained checkpoint (made once per session) and a runner for entry-point scripts."""
 
 import fcntl
 import importlib.util
@@ -10,18 +9,6 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The test files that run longest, in this order before the others: xdist hands each worker whole files in
-# collection order, so a long file collected late runs alone at the end while the other worker idles (the
-# README demo did, in CI's long tests).
-LONGEST_FIRST = ("test_demo.py", "test_distributed.py")
-
-
-def pytest_collection_modifyitems(items):
-    def rank(item):
-        name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # a stable sort: the rest keep their order
 
 
 def _run(script, *args, timeout=600):
