@@ -11,6 +11,13 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_collection_modifyitems(items):
+    """The README demo (one test, minutes long) first: xdist hands each worker whole files, those with more tests
+    first and, among equals, in collection order, so collected last it ran alone at the end of CI's long tests
+    while the other worker idled."""
+    items.sort(key=lambda item: item.path.name != "test_demo.py")  # a stable sort: the rest keep their order
+
+
 def _run(script, *args, timeout=600):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, env=env, capture_output=True,
