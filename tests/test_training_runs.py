@@ -161,6 +161,8 @@ def test_resume_between_two_global_batches_drops_only_the_incomplete_last_one(re
     ("--train_img_size", "0", "--train_img_size=0: must be positive"),
     ("--arch", "efficientnet-b9", "unknown EfficientNet variant 'efficientnet-b9'"),
     ("--mparams", "dropout=0.1", "unknown model parameter 'dropout'"),
+    ("--mparams", "classifier_init=zeros", "invalid model parameter classifier_init='zeros': not one of fan_out, "
+                                           "fan_in"),
     ("--precision", "fp32", "--use_amp=True: contradicts --precision=fp32"),
     ("--trainable_from", "block9a", "--trainable_from='block9a': not a block of efficientnet-b0"),
     ("--init_checkpoint_exclude", "predictions",
