@@ -5,10 +5,12 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from flags import cli  # noqa: E402
+from loops import host_memory  # noqa: E402
 from loops.config import EvalConfig  # noqa: E402
 
 
 def work(cfg: EvalConfig) -> int:
+    host_memory.keep_freed_memory()  # before TensorFlow allocates: every batch reuses the last one's memory
     from loops.offline_evaluation import evaluate_checkpoint, print_results
     from loops.parallel.distribution import create_engine
 

@@ -8,11 +8,13 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from flags import cli  # noqa: E402
+from loops import host_memory  # noqa: E402
 from loops.config import BENCHMARK_MODES, TrainConfig  # noqa: E402
 from loops.safety import RUN_ERRORS  # noqa: E402
 
 
 def work(cfg: TrainConfig) -> int:
+    host_memory.keep_freed_memory()  # before TensorFlow allocates: every step reuses the last one's memory
     # TensorFlow loads here, after the flags were checked: --help and bad flags answer at once.
     from loops.parallel.distribution import engine_for
 

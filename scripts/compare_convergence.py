@@ -32,6 +32,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from loops import host_memory  # noqa: E402
 
 
 def ours_flags(args, model_dir: str, extra: list[str]) -> list[str]:
@@ -150,6 +151,7 @@ def main(argv=None) -> int:
         flags = ours_flags(args, args.model_dir or os.path.join(tmp, "ours"), extra)
         recipe = recipe_of(flags)
         ours = train_ours(flags, recipe.model_dir)
+    host_memory.keep_freed_memory()  # Keras's fit, in this process, with the malloc settings train.py runs under
     keras_result = train_keras(args.data_dir, recipe)
     if keras_result["steps"] != ours["steps"]:
         raise RuntimeError(f"ours ran {ours['steps']} steps, Keras {keras_result['steps']}")

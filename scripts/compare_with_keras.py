@@ -47,6 +47,7 @@ from efficientnet.serving import with_trained_like_statistics  # noqa: E402
 from loops.bench.benchmark import training_steps  # noqa: E402
 from loops.config import TrainConfig  # noqa: E402
 from loops.parallel.engine import Engine  # noqa: E402
+from loops import host_memory  # noqa: E402
 from loops.evaluation import latency_percentiles  # noqa: E402
 from loops.serving import dependencies  # noqa: E402
 from loops.serving.onnx_export import OPSET, onnx_model  # noqa: E402
@@ -171,6 +172,7 @@ def training_throughputs(variant, size) -> tuple[float, float]:
 
 def main(argv):
     del argv
+    host_memory.keep_freed_memory()  # both sides run in this process, as train.py and evaluate.py would
     v, size = VARIANT.value, IMAGE_SIZE.value
     load_before = os.getloadavg()
     base_train, our_train = training_throughputs(v, size)
