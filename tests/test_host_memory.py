@@ -61,4 +61,7 @@ def test_compare_malloc_prints_both_arms_and_their_ratios(run_script, tmp_path):
     assert len(rows) == 3 and all(len(v) == 5 for v in rows.values()), out.stdout
     base, ours = rows["glibc defaults"], rows["train.py's settings"]
     assert all(v > 0 for v in base + ours), out.stdout
-    assert rows["ratio (defaults / ours)"] == pytest.approx([b / o for b, o in zip(base, ours)], rel=0.02, abs=0.01)
+    # Each ratio is the quotient of the medians, which the table prints rounded (seconds to 0.1, counts to 1): it
+    # lies within what the rounded figures allow, plus its own rounding to 0.01.
+    for ratio, b, o, half in zip(rows["ratio (defaults / ours)"], base, ours, (0.05, 0.05, 0.05, 0.5, 0.5)):
+        assert (b - half) / (o + half) - 0.005 <= ratio <= (b + half) / max(o - half, 1e-9) + 0.005, out.stdout
