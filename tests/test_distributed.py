@@ -319,6 +319,8 @@ def _chief_wrote_everything(model_dir, launches):
 # --- TF_CONFIG workers (MultiWorkerMirroredStrategy) -----------------------------------------------------------
 
 
+# Long (run by .ci/run after the README's test command), like the Horovod run: in one pytest run the two share
+# the module's single-process reference.
 @pytest.fixture(scope="module")
 def tf_config_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tf_config")
@@ -326,6 +328,7 @@ def tf_config_run(tmp_path_factory):
     return out, _interrupted_run(out, _start_tf_config_workers, lambda procs: [p.wait(timeout=HANG) for p in procs])
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_tf_config_signal_to_one_worker_stops_every_worker_at_the_same_step_and_resumes(tf_config_run, reference):
     """SIGTERM reaches worker 1 only, between steps 1 and 2 (the probe holds it there until the signal lands):
@@ -341,6 +344,7 @@ def test_tf_config_signal_to_one_worker_stops_every_worker_at_the_same_step_and_
     _check_workers(out, reference, _probe_results("\n".join(launches["C"].logs)))
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_tf_config_killed_worker_fails_the_chief_with_a_clear_error(tf_config_run):
     """Worker 1 SIGKILLed after step 4: its sockets close, so the chief fails at once, with no timeout flag."""
@@ -353,6 +357,7 @@ def test_tf_config_killed_worker_fails_the_chief_with_a_clear_error(tf_config_ru
     assert killed.seconds < 30, killed.seconds  # measured: ~2 s, the gRPC channel reports the reset at once
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_tf_config_two_workers_resume_match_one_process_and_only_the_chief_writes(tf_config_run, reference):
     """The relaunch after the kill resumes both workers from ckpt-3 (the end of epoch 1) and ends where the
