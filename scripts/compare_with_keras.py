@@ -44,10 +44,10 @@ import numpy as np  # noqa: E402
 
 import efficientnet  # noqa: E402
 from efficientnet.serving import with_trained_like_statistics  # noqa: E402
+from loops import host_memory  # noqa: E402
 from loops.bench.benchmark import training_steps  # noqa: E402
 from loops.config import TrainConfig  # noqa: E402
 from loops.parallel.engine import Engine  # noqa: E402
-from loops import host_memory  # noqa: E402
 from loops.evaluation import latency_percentiles  # noqa: E402
 from loops.serving import dependencies  # noqa: E402
 from loops.serving.onnx_export import OPSET, onnx_model  # noqa: E402
