@@ -48,7 +48,7 @@ class BatchNorm(layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _swish_gradient(x, dy):
     s = tf.sigmoid(x)
     return dy * (s * (1.0 + x * (1.0 - s)))

@@ -151,7 +151,7 @@ def serving_function(model: keras.Model, input_spec: tf.TensorSpec, *,
     def logits(images):
         return served(images, training=False)
 
-    frozen = convert_variables_to_constants_v2(tf.function(logits).get_concrete_function(input_spec))
+    frozen = convert_variables_to_constants_v2(tf.function(logits, autograph=False).get_concrete_function(input_spec))
 
     def frozen_logits(images):
         return frozen(images)[0]
@@ -164,7 +164,7 @@ def probability_function(model: keras.Model, input_spec: tf.TensorSpec, *, se_as
     form: what predict.py runs and what the ONNX and TFLite exports convert."""
     logits = serving_function(model, input_spec, se_as_matmul=se_as_matmul)
 
-    @tf.function(input_signature=[input_spec])
+    @tf.function(input_signature=[input_spec], autograph=False)
     def probabilities(images):
         return tf.nn.softmax(tf.cast(logits(images), tf.float32), axis=-1)
 

@@ -36,7 +36,9 @@ def _record_sides(info: DatasetInfo, shards, sample: int) -> list[int]:
     sides = []
     for path in paths:
         records = tf.data.TFRecordDataset(path).take(-(-sample // len(paths)))
-        for k, record in enumerate(records.map(lambda r: tf.io.parse_single_example(r, spec)[info.image_key])):
+        image_bytes = tf.autograph.experimental.do_not_convert(
+            lambda r: tf.io.parse_single_example(r, spec)[info.image_key])
+        for k, record in enumerate(records.map(image_bytes)):
             sides.append(_short_side(io.BytesIO(record.numpy()), f"record {k} of {path}"))
     return sides
 

@@ -20,6 +20,10 @@ from input import mixing, preprocessing
 from input.config import REFERENCE, AugmentConfig, DataConfig, DatasetInfo, Preprocessing, Shard
 
 AUTOTUNE = tf.data.AUTOTUNE
+# tf.data runs AutoGraph over every function it is given unless told not to. The functions below are graph ops
+# throughout (tf.cond, tf.where, dataset methods), so converting them only cost start-up time: about a second
+# of every run's start, with the train and eval steps' (docs/performance.md).
+graph_function = tf.autograph.experimental.do_not_convert
 _SHUFFLE_BYTES = 256 << 20  # memory allowed for the decoded-example shuffle buffer
 
 
@@ -66,14 +70,16 @@ def _record_stream(info: DatasetInfo, units: tf.data.Dataset, decode, *, num_wor
     # faster without it (docs/input_pipeline.md). A single image (folder) or fewer shards than cores keep it.
     parallel_in_shard = None if folder or cycle_length >= _cores() else AUTOTUNE
 
+    @graph_function
     def per_unit(path, count, label, unit_seed):
         if folder:
             recs = tf.data.Dataset.from_tensors(path).enumerate()
         else:
             recs = tf.data.TFRecordDataset(path, buffer_size=1 << 20).enumerate()
         if by_record:
-            recs = recs.filter(lambda i, _: i % step == w)
+            recs = recs.filter(graph_function(lambda i, _: i % step == w))
 
+        @graph_function
         def decode_one(i, rec):
             if folder:
                 image_bytes, lab = tf.io.read_file(rec), label
@@ -95,6 +101,7 @@ def _record_stream(info: DatasetInfo, units: tf.data.Dataset, decode, *, num_wor
             (tf.zeros([image_size, image_size, 3], tf.float32), tf.constant(-1, tf.int32), first_after,
              tf.zeros([2], tf.int64)))
 
+        @graph_function
         def check(expected, elem):
             img, lab, i, seed = elem
             gap = (i - expected) // step
@@ -117,6 +124,7 @@ def _record_stream(info: DatasetInfo, units: tf.data.Dataset, decode, *, num_wor
     stream = units.interleave(per_unit, cycle_length=cycle_length, block_length=1, num_parallel_calls=AUTOTUNE,
                               deterministic=deterministic)
     if skip_corrupt:
+        @graph_function
         def count(total, elem):
             img, lab, seed, gap, path = elem
             total = total + gap
@@ -129,8 +137,8 @@ def _record_stream(info: DatasetInfo, units: tf.data.Dataset, decode, *, num_wor
             return total, elem
 
         stream = stream.scan(tf.constant(0, tf.int64), count)
-    stream = stream.filter(lambda img, lab, seed, gap, path: lab >= 0)
-    return stream.map(lambda img, lab, seed, gap, path: (img, lab, seed))
+    stream = stream.filter(graph_function(lambda img, lab, seed, gap, path: lab >= 0))
+    return stream.map(graph_function(lambda img, lab, seed, gap, path: (img, lab, seed)))
 
 
 # ------------------------------------------------------------------------------------------------ train
@@ -153,7 +161,7 @@ def train_units(info: DatasetInfo, input_context=None, seed: int | None = None):
     # order really changes from epoch to epoch while staying reproducible for a fixed seed.
     units = units.shuffle(num_units, seed=seed, reshuffle_each_iteration=True).repeat()
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    units = tf.data.Dataset.zip((units, seeds)).map(lambda u, s: (*u, s))
+    units = tf.data.Dataset.zip((units, seeds)).map(graph_function(lambda u, s: (*u, s)))
     return units, by_record
 
 
@@ -185,7 +193,8 @@ def _augmenter(name: str, num_layers: int, magnitude: float):
     tf.data traces its map functions anew for every dataset, and training builds one per epoch; a map
     function that only calls this reuses its graph instead of rebuilding the policy's ~50 operation
     branches in Python, which took seconds per epoch."""
-    return tf.function(lambda image, seed: augment_lib.augment(image, seed, name, num_layers, magnitude))
+    return tf.function(lambda image, seed: augment_lib.augment(image, seed, name, num_layers, magnitude),
+                       autograph=False)
 
 
 def train_dataset(info: DatasetInfo, cfg: DataConfig, aug: AugmentConfig, *, batch_size: int, image_size: int,
@@ -207,18 +216,20 @@ def train_dataset(info: DatasetInfo, cfg: DataConfig, aug: AugmentConfig, *, bat
 
     ds = records.shuffle(shuffle_buffer_size(info, image_size), seed=seed).skip(skip_examples)
     if augmenter is not None:
-        ds = ds.map(lambda img, lab, s: (augmenter(img, tf.random.experimental.stateless_fold_in(s, 7)), lab),
+        ds = ds.map(graph_function(
+            lambda img, lab, s: (augmenter(img, tf.random.experimental.stateless_fold_in(s, 7)), lab)),
                     num_parallel_calls=AUTOTUNE, deterministic=seed is not None)
     else:  # no per-image step left: one parallel map stage fewer (docs/input_pipeline.md)
-        ds = ds.map(lambda img, lab, s: (img, lab))
+        ds = ds.map(graph_function(lambda img, lab, s: (img, lab)))
     # One-hot per batch: one op per batch instead of one per image.
-    ds = ds.batch(batch_size, drop_remainder=True).map(lambda x, lab: (x, tf.one_hot(lab, num_classes)))
+    ds = ds.batch(batch_size, drop_remainder=True).map(
+        graph_function(lambda x, lab: (x, tf.one_hot(lab, num_classes))))
     if aug.mixing and not aug.defer_img_mixing:
         mix_seeds = tf.data.Dataset.random(seed=None if seed is None else seed + 1).batch(2)
         mix_seeds = mix_seeds.skip(skip_examples // batch_size)
-        ds = tf.data.Dataset.zip((ds, mix_seeds)).map(
+        ds = tf.data.Dataset.zip((ds, mix_seeds)).map(graph_function(
             lambda b, s: mixing.mix_batch(b[0], b[1], mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha,
-                                          seed=s),
+                                          seed=s)),
             num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
@@ -262,7 +273,7 @@ def eval_records(info: DatasetInfo, cfg: DataConfig, *, image_size: int, input_c
     if not mine:
         return tf.data.Dataset.from_tensors((tf.zeros([image_size, image_size, 3]), tf.constant(0))).take(0)
     units = tf.data.Dataset.from_tensor_slices(_shard_tensors(mine)).map(
-        lambda p, c, lab: (p, c, lab, tf.zeros([2], tf.int64)))
+        graph_function(lambda p, c, lab: (p, c, lab, tf.zeros([2], tf.int64))))
 
     def decode(image_bytes, _seed):
         return preprocessing.preprocess_for_eval(image_bytes, image_size, preprocess)
@@ -271,7 +282,7 @@ def eval_records(info: DatasetInfo, cfg: DataConfig, *, image_size: int, input_c
     stream = _record_stream(info, units, decode, num_workers=n, worker=w, by_record=by_record,
                             skip_corrupt=cfg.skip_corrupt, image_size=image_size, cycle_length=cycle,
                             deterministic=True)
-    return stream.map(lambda img, lab, seed: (img, lab))
+    return stream.map(graph_function(lambda img, lab, seed: (img, lab)))
 
 
 def eval_dataset(info: DatasetInfo, cfg: DataConfig, *, batch_size: int, image_size: int,
@@ -287,7 +298,7 @@ def eval_dataset(info: DatasetInfo, cfg: DataConfig, *, batch_size: int, image_s
     steps = eval_steps(info, batch_size * per_pipeline * n, n)
     total = steps * per_pipeline * batch_size
     real = eval_records(info, cfg, image_size=image_size, input_context=input_context, preprocess=preprocess).map(
-        lambda img, lab: (img, lab, tf.constant(1.0)))
+        graph_function(lambda img, lab: (img, lab, tf.constant(1.0))))
     pad = tf.data.Dataset.from_tensors(
         (tf.zeros([image_size, image_size, 3], tf.float32), tf.constant(0, tf.int32), tf.constant(0.0))).repeat()
     ds = real.concatenate(pad).take(total).batch(batch_size, drop_remainder=True)

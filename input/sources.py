@@ -119,7 +119,8 @@ def _scan_labels(files: list[str]) -> tuple[int, dict[int, str]]:
         "image/class/label": tf.io.FixedLenFeature([], tf.int64),
         "image/class/text": tf.io.FixedLenFeature([], tf.string, default_value=""),
     }
-    ds = tf.data.TFRecordDataset(files, num_parallel_reads=4).batch(1024).map(lambda s: tf.io.parse_example(s, spec))
+    ds = tf.data.TFRecordDataset(files, num_parallel_reads=4).batch(1024).map(
+        tf.autograph.experimental.do_not_convert(lambda s: tf.io.parse_example(s, spec)))
     max_label, names = -1, {}
     for b in ds.as_numpy_iterator():
         max_label = max(max_label, int(b["image/class/label"].max()))

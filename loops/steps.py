@@ -88,7 +88,7 @@ def make_train_step(state: TrainState, cfg: TrainConfig, *, mixup_alpha: float, 
     if cfg.use_xla:
         # Only the per-replica math is compiled; the gradient reduction stays outside XLA. Without XLA the
         # function is inlined: a nested tf.function cannot hold synchronized BatchNorm's cross-replica sums.
-        forward_backward = tf.function(forward_backward, jit_compile=True)
+        forward_backward = tf.function(forward_backward, jit_compile=True, autograph=False)
 
     progress = state.progress
 
@@ -104,13 +104,14 @@ def make_train_step(state: TrainState, cfg: TrainConfig, *, mixup_alpha: float, 
             shape = tf.shape(images)
             images = tf.reshape(images, tf.concat([[k, shape[0] // k], shape[1:]], 0))
             labels = tf.reshape(labels, [k, -1, labels.shape[-1]])
-            grads = [tf.zeros_like(v) for v in variables]
-            loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
-            for i in tf.range(k):
+
+            def accumulate(i, grads, loss_sum, correct):
                 micro_grads, micro_loss, micro_correct = forward_backward(images[i], labels[i])
-                grads = [a + b for a, b in zip(grads, micro_grads)]
-                loss_sum += micro_loss
-                correct += micro_correct
+                return (i + 1, [a + b for a, b in zip(grads, micro_grads)], loss_sum + micro_loss,
+                        correct + micro_correct)
+
+            start = (tf.constant(0), [tf.zeros_like(v) for v in variables], tf.constant(0.0), tf.constant(0.0))
+            _, grads, loss_sum, correct = tf.while_loop(lambda i, *_: i < k, accumulate, start)
         grads = engine.reduce_gradients(grads)
         finite = tf.constant(True)
         if loss_scaled:
@@ -126,7 +127,7 @@ def make_train_step(state: TrainState, cfg: TrainConfig, *, mixup_alpha: float, 
     strategy = engine.strategy
     examples = micro_global * k
 
-    @tf.function
+    @tf.function(autograph=False)  # graph ops throughout (tf.while_loop, tf.where): nothing to convert
     def train_step(iterator):
         images, labels = next(iterator)
         sums, finite = strategy.run(replica_step, args=(images, labels))
@@ -161,7 +162,7 @@ def make_eval_step(model: keras.Model, engine: Engine):
 
     strategy = engine.strategy
 
-    @tf.function
+    @tf.function(autograph=False)
     def eval_step(batch):
         sums = strategy.run(replica_step, args=batch)
         return engine.reduce_sums({k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)

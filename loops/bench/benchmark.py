@@ -167,9 +167,9 @@ def inference_steps(cfg: TrainConfig, engine: Engine, precision: str, num_classe
             return tf.reduce_sum(tf.cast(model(images, training=False), tf.float32))
 
         if cfg.use_xla:
-            replica = tf.function(replica, jit_compile=True)
+            replica = tf.function(replica, jit_compile=True, autograph=False)
 
-        @tf.function
+        @tf.function(autograph=False)
         def step(replica=replica):
             return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica), axis=None)
 

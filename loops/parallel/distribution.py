@@ -88,7 +88,7 @@ class MultiWorkerEngine(Engine):
         local_replicas = len(strategy.extended.worker_devices)  # contiguous replica ids per worker
         variables = list(variables)
 
-        @tf.function
+        @tf.function(autograph=False)
         def broadcast():
             def replica_fn():
                 ctx = tf.distribute.get_replica_context()
@@ -109,7 +109,7 @@ class MultiWorkerEngine(Engine):
     def barrier(self):
         strategy = self.strategy
 
-        @tf.function
+        @tf.function(autograph=False)
         def all_here():
             return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
                 tf.distribute.ReduceOp.SUM, tf.constant(1.0)))

@@ -152,7 +152,8 @@ def predict(cfg: PredictConfig) -> PredictResult:
     bs = cfg.batch_size
 
     paths = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string)).enumerate()
-    images = paths.map(lambda i, p: (i, data.preprocess_for_eval(tf.io.read_file(p), size, preprocessing)),
+    images = paths.map(tf.autograph.experimental.do_not_convert(
+        lambda i, p: (i, data.preprocess_for_eval(tf.io.read_file(p), size, preprocessing))),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     batches = images.ignore_errors().batch(bs).prefetch(2)
 

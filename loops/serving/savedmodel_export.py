@@ -38,10 +38,11 @@ class ServingModule(tf.Module):
         self.top_k = min(top_k, len(class_names))
         self.class_names = tuple(class_names)
         size = image_size
-        self.serve_bytes = tf.function(self._serve_bytes, input_signature=[tf.TensorSpec([None], tf.string)])
-        self.serve_uint8 = tf.function(self._serve_uint8,
+        self.serve_bytes = tf.function(self._serve_bytes, input_signature=[tf.TensorSpec([None], tf.string)],
+                                       autograph=False)
+        self.serve_uint8 = tf.function(self._serve_uint8, autograph=False,
                                        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
-        self.serve_pixels = tf.function(self._outputs,
+        self.serve_pixels = tf.function(self._outputs, autograph=False,
                                         input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
         self._pixel_spec = tf.TensorSpec([size, size, 3], tf.float32)
 
