@@ -70,16 +70,15 @@ def _record_stream(info: DatasetInfo, units: tf.data.Dataset, decode, *, num_wor
     # faster without it (docs/input_pipeline.md). A single image (folder) or fewer shards than cores keep it.
     parallel_in_shard = None if folder or cycle_length >= _cores() else AUTOTUNE
 
-    @graph_function
+    @graph_function  # and so are the datasets' functions it builds: they trace in its context
     def per_unit(path, count, label, unit_seed):
         if folder:
             recs = tf.data.Dataset.from_tensors(path).enumerate()
         else:
             recs = tf.data.TFRecordDataset(path, buffer_size=1 << 20).enumerate()
         if by_record:
-            recs = recs.filter(graph_function(lambda i, _: i % step == w))
+            recs = recs.filter(lambda i, _: i % step == w)
 
-        @graph_function
         def decode_one(i, rec):
             if folder:
                 image_bytes, lab = tf.io.read_file(rec), label
@@ -101,7 +100,6 @@ def _record_stream(info: DatasetInfo, units: tf.data.Dataset, decode, *, num_wor
             (tf.zeros([image_size, image_size, 3], tf.float32), tf.constant(-1, tf.int32), first_after,
              tf.zeros([2], tf.int64)))
 
-        @graph_function
         def check(expected, elem):
             img, lab, i, seed = elem
             gap = (i - expected) // step

@@ -319,8 +319,8 @@ def _chief_wrote_everything(model_dir, launches):
 # --- TF_CONFIG workers (MultiWorkerMirroredStrategy) -----------------------------------------------------------
 
 
-# Long (run by .ci/run after the README's test command), like the Horovod run: in one pytest run the two share
-# the module's single-process reference.
+# Long (run by .ci/run beside the README's test command), like the Horovod run; when one pytest run selects both,
+# they share the module's single-process reference.
 @pytest.fixture(scope="module")
 def tf_config_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tf_config")
@@ -347,14 +347,17 @@ def test_tf_config_signal_to_one_worker_stops_every_worker_at_the_same_step_and_
 @pytest.mark.long
 @pytest.mark.slow
 def test_tf_config_killed_worker_fails_the_chief_with_a_clear_error(tf_config_run):
-    """Worker 1 SIGKILLed after step 4: its sockets close, so the chief fails at once, with no timeout flag."""
+    """Worker 1 SIGKILLed after step 4: the chief fails by itself, with no timeout flag, long before HANG: at once
+    when its gRPC channel reports the closed sockets, or when the coordination service misses the worker's
+    heartbeats ("stopped sending heartbeats")."""
     killed = tf_config_run[1]["B"]
     assert killed.codes[0] != 0, _tail(killed)
     chief = killed.logs[0]
     assert "Summary" not in chief and re.search(r"engine\s+multi_worker_mirrored", chief), chief[-3000:]
     assert "UnavailableError" in chief and "Collective ops is aborted" in chief, chief[-3000:]
     print(f"chief exited {killed.seconds:.1f} s after the worker was killed")
-    assert killed.seconds < 30, killed.seconds  # measured: ~2 s, the gRPC channel reports the reset at once
+    # Measured: ~2 s alone (the reset); 41 s on 2 cores shared with the README's tests (the heartbeats).
+    assert killed.seconds < 90, killed.seconds
 
 
 @pytest.mark.long

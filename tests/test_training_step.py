@@ -6,16 +6,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.autograph.impl import api as autograph_api
 
 import efficientnet
+import input as I
 from efficientnet.model import BatchNorm, swish
-from input import mix_batch
+from input import mix_batch, testdata
 from input.config import AugmentConfig
 from loops.config import TrainConfig
 from loops.parallel.distribution import Engine
 from loops.ema import ExponentialMovingAverage
 from loops.optimization import create_optimizer, decayed_variables, learning_rate_schedule, peak_learning_rate
-from loops.steps import TrainState, deferred_mixing_seed, make_train_step
+from loops.steps import TrainState, deferred_mixing_seed, make_eval_step, make_train_step
 
 
 def _engine():
@@ -275,3 +277,31 @@ def test_cpu_slowdown_warnings_name_the_flag(tmp_path):
     assert len(notes) == 2 and notes[0].startswith("--use_xla") and notes[1].startswith("--precision amp_bf16")
     assert slowdown_warnings(cfg, has_gpu=True) == []
     assert slowdown_warnings(_cfg(tmp_path), has_gpu=False) == []
+
+
+def test_steps_and_input_pipelines_trace_without_autograph_conversions(tmp_path, monkeypatch):
+    """Tracing runs no AutoGraph conversion (a second or so of every run's start): the train step with
+    accumulation, EMA and weight decay, the eval step, and the train (policy, mixing, skipped corrupt records)
+    and eval datasets are written in graph ops and say so."""
+    converted = []
+    convert = autograph_api._convert_actual
+
+    def recording(entity, program_ctx):
+        converted.append(getattr(entity, "__qualname__", repr(entity)))
+        return convert(entity, program_ctx)
+
+    monkeypatch.setattr(autograph_api, "_convert_actual", recording)
+    testdata.labelled_shards(str(tmp_path), "train", [4, 4])
+    testdata.labelled_shards(str(tmp_path), "validation", [3])
+    data_cfg = I.DataConfig(data_dir=str(tmp_path), num_classes=8, skip_corrupt=True)
+    info = I.open_dataset(data_cfg)
+    aug = AugmentConfig(augmenter_name="randaugment", mixup_alpha=0.2, cutmix_alpha=1.0)
+    train = I.train_dataset(info, data_cfg, aug, batch_size=4, image_size=8, seed=0)
+    evaluation = I.eval_dataset(info, data_cfg, batch_size=4, image_size=8)
+    cfg = _cfg(tmp_path, grad_accum_steps=2, weight_decay=1e-5, train_batch_size=2)
+    state = _state(cfg, lambda: _small_model(num_classes=8), ema_decay=0.9)
+    step = make_train_step(state, cfg, mixup_alpha=0.0, cutmix_alpha=0.0)
+    metrics = step(iter(train))
+    sums = make_eval_step(state.model, state.engine)(next(iter(evaluation)))
+    assert np.isfinite(float(metrics["loss"])) and float(sums["count"]) == 3.0
+    assert converted == []
