@@ -104,12 +104,10 @@ except ImportError:
 
 verify() {
   horovod_ok || die "horovod $WANT_VERSION was installed but does not import with TensorFlow + Gloo; run: $PYTHON -c 'import horovod.tensorflow'"
-  local out
-  out=$("$BIN_DIR/horovodrun" --check-build 2>&1) || die "horovodrun --check-build failed: $out"
-  grep -q '\[X\] TensorFlow' <<<"$out" || die "horovodrun --check-build does not list TensorFlow: $out"
-  grep -q '\[X\] Gloo' <<<"$out" || die "horovodrun --check-build does not list Gloo: $out"
-  sed -n '/^Horovod v/,$p' <<<"$out"   # drop TensorFlow's start-up log lines
-  log "OK: horovod $WANT_VERSION installed in $PYTHON"
+  # horovod_ok loaded the TensorFlow ops and found Gloo built in, which is what `horovodrun --check-build` reports
+  # too, but that imports TensorFlow anew for each check (docs/horovod.md); here only the launcher has to start.
+  "$BIN_DIR/horovodrun" --version >/dev/null 2>&1 || die "horovodrun does not start; run: $BIN_DIR/horovodrun --version"
+  log "OK: horovod $WANT_VERSION installed in $PYTHON (TensorFlow ops load, Gloo built in, horovodrun starts)"
 }
 
 install_wheel() {
