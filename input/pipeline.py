@@ -21,8 +21,8 @@ from input.config import REFERENCE, AugmentConfig, DataConfig, DatasetInfo, Prep
 
 AUTOTUNE = tf.data.AUTOTUNE
 # tf.data runs AutoGraph over every function it is given unless told not to. The functions below are graph ops
-# throughout (tf.cond, tf.where, dataset methods), so converting them only cost start-up time: about a second
-# of every run's start, with the train and eval steps' (docs/performance.md).
+# throughout (tf.cond, tf.where, dataset methods), so converting them only cost start-up time
+# (docs/performance.md).
 graph_function = tf.autograph.experimental.do_not_convert
 _SHUFFLE_BYTES = 256 << 20  # memory allowed for the decoded-example shuffle buffer
 
