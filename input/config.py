@@ -20,7 +20,7 @@ DEFAULT_CROP_PADDING = 32
 class DataConfig(Settings):
     data_dir: str | None = setting(
         None, "Dataset directory: TFRecord shards (train-*, validation-*), a TFDS data_dir, or an image folder "
-        "(train/<class>/*, validation/<class>/*). Empty: the embedded demo dataset (scikit-learn digits).")
+        "(train/<class>/*, validation/<class>/*). Empty: the embedded demo dataset (UCI digits).")
     source: str = setting("auto", "What --data_dir holds; auto detects it.", flag="data_source", choices=SOURCES)
     dataset: str | None = setting(None, "TFDS dataset name (e.g. imagenet2012) when --data_source=tfds.")
     manual_dir: str | None = setting(None, "TFDS manual_dir with the ImageNet tars, for offline preparation.")

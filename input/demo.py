@@ -1,4 +1,5 @@
-"""The embedded demo dataset: scikit-learn's handwritten digits, cached as ImageNet-format TFRecords.
+"""The embedded demo dataset: the UCI handwritten digits (input/data/digits.csv.gz, scikit-learn's copy of them),
+cached as ImageNet-format TFRecords.
 
 It goes through the same converter and reader as user data, so a run without --data_dir exercises the
 real input path end to end.
@@ -10,6 +11,8 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
+
 from input import build_tfrecords
 from input.config import DataConfig
 from input.sources import INFO_FILE, open_tfrecord_dir
@@ -17,6 +20,16 @@ from input.sources import INFO_FILE, open_tfrecord_dir
 DEMO_SIZE = 32
 DIGIT_SIZE = 24  # the digit is centred on a black border, so crops rarely cut strokes off
 DEMO_VERSION = "v2"  # bump when the cached files change meaning, so old caches are not reused
+# The 1,797 8x8 digits, one per line: 64 pixel counts in 0..16, then the label. The file is scikit-learn's
+# (sklearn/datasets/data/digits.csv.gz, BSD-3-Clause; the data: UCI, CC BY 4.0), kept here so the core install
+# needs no scikit-learn: Keras imports it, when installed, in every process that imports TensorFlow.
+DIGITS_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "digits.csv.gz")
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(images [1797, 8, 8] float64 in 0..16, labels [1797] int), as scikit-learn's load_digits reads the file."""
+    table = np.loadtxt(DIGITS_CSV, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
 
 
 def default_cache_dir() -> str:
@@ -24,23 +37,21 @@ def default_cache_dir() -> str:
 
 
 def _write_image_folder(root: str) -> None:
-    import numpy as np
     from PIL import Image
-    from sklearn.datasets import load_digits
 
-    digits = load_digits()
+    images, labels = load_digits()
     rng = np.random.RandomState(0)
-    order = rng.permutation(len(digits.target))
+    order = rng.permutation(len(labels))
     n_val = len(order) // 5
     for k, idx in enumerate(order):
         split = "validation" if k < n_val else "train"
-        img8 = (digits.images[idx] * (255.0 / 16.0)).clip(0, 255).astype("uint8")
+        img8 = (images[idx] * (255.0 / 16.0)).clip(0, 255).astype("uint8")
         # Bilinear upsampling keeps strokes smooth and legible; the digit stays white on black.
         digit = Image.fromarray(img8, mode="L").resize((DIGIT_SIZE, DIGIT_SIZE), Image.BILINEAR)
         img = Image.new("L", (DEMO_SIZE, DEMO_SIZE))
         img.paste(digit, ((DEMO_SIZE - DIGIT_SIZE) // 2, (DEMO_SIZE - DIGIT_SIZE) // 2))
         img = img.convert("RGB")
-        d = os.path.join(root, split, str(int(digits.target[idx])))
+        d = os.path.join(root, split, str(int(labels[idx])))
         os.makedirs(d, exist_ok=True)
         img.save(os.path.join(d, f"digit_{int(idx):04d}.jpg"), quality=95)
 
@@ -77,7 +88,7 @@ def ensure_demo_tfrecords(cache_dir: str | None = None) -> str:
 def open_demo(cfg: DataConfig):
     d = ensure_demo_tfrecords(cfg.demo_cache_dir)
     info = open_tfrecord_dir(d)
-    print(f"Using the embedded demo dataset (scikit-learn handwritten digits: {info.num_train_examples} train / "
+    print(f"Using the embedded demo dataset (UCI handwritten digits: {info.num_train_examples} train / "
           f"{info.num_eval_examples} validation images, {info.num_classes} classes, {DEMO_SIZE} px, cached as "
           f"TFRecords in {d}); pass --data_dir to train on your own data.", flush=True)
     return dataclasses.replace(info, source="demo", description="embedded demo dataset (digits) as " + info.description)

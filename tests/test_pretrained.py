@@ -3,10 +3,11 @@
 Each source model is built here with random, trained-looking BatchNorm statistics and biases: Keras
 Applications' own EfficientNet (written by Keras in its legacy .h5 and its Keras 3 .weights.h5 layout), and
 from it a tensorflow/tpu checkpoint and a timm safetensors file written under those projects' exact
-variable names and layouts. Logits are compared on two real photographs (scikit-learn's sample JPEGs).
+variable names and layouts. Logits are compared on two real photographs (tests/data: scikit-learn's sample JPEGs).
 """
 
 import os
+import pathlib
 import re
 
 import h5py
@@ -21,8 +22,8 @@ import tensorflow as tf
 # Keras cache is re-downloaded because its hash differs from the released one).
 from keras.src.applications import efficientnet as keras_efficientnet
 from keras.src.legacy.saving import legacy_h5_format
+from PIL import Image
 from safetensors.numpy import save_file
-from sklearn.datasets import load_sample_images
 
 import efficientnet
 from efficientnet import pretrained
@@ -30,6 +31,7 @@ from efficientnet.serving import with_trained_like_statistics
 from loops.checkpoints import make_checkpoint
 from loops.ema import ExponentialMovingAverage
 
+DATA = pathlib.Path(__file__).resolve().parent / "data"
 CLASSES = 7
 SIZE = 66  # even input, odd after the stem: both of TensorFlow's 'same' padding cases are exercised
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -65,8 +67,8 @@ def seeded():
 
 @pytest.fixture(scope="module")
 def images():
-    """china.jpg and flower.jpg, decoded by scikit-learn, resized to SIZE px: float pixels in [0, 255]."""
-    photos = np.stack(load_sample_images().images).astype(np.float32)
+    """tests/data/china.jpg and flower.jpg, decoded by Pillow, resized to SIZE px: float pixels in [0, 255]."""
+    photos = np.stack([np.asarray(Image.open(DATA / name)) for name in ("china.jpg", "flower.jpg")]).astype(np.float32)
     return tf.image.resize(photos, (SIZE, SIZE), antialias=True).numpy()
 
 

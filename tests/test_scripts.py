@@ -337,3 +337,24 @@ def test_smoke_command_runs_and_leaves_its_files(smoke_runs, rel):
     elif kind == "inference":
         lines = _smoke_files(out, rel)[0].read_text().splitlines()
         assert len(lines) == 6, lines   # the six demo digits the smoke mode writes
+
+
+def test_install_horovod_wheel_only_without_tensorflow_looks_only_in_the_cache(tmp_path):
+    """What .ci/run's build venv relies on: a venv without TensorFlow finds a cached wheel for the pinned
+    TensorFlow (exit 0, nothing installed), and without one fails naming the wheel it looked for."""
+    pin = re.search(r"^tensorflow-cpu==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M).group(1)
+    tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", tmp_path / "venv"], check=True, timeout=60)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    script = ["bash", str(ROOT / "scripts" / "install_horovod.sh"), "--wheel-only"]
+    env = {**os.environ, "PYTHON": python, "HOROVOD_WHEEL_CACHE": str(tmp_path / "cache")}
+    missing = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1
+    assert (f"no cached wheel matching {tmp_path / 'cache'}/horovod-0.28.1+tf{pin}.patch2-{tag}-{tag}-*.whl, and "
+            f"building one needs TensorFlow {pin} importable from {python}") in missing.stderr, missing.stderr
+    (tmp_path / "cache").mkdir()
+    wheel = tmp_path / "cache" / f"horovod-0.28.1+tf{pin}.patch2-{tag}-{tag}-linux_x86_64.whl"
+    wheel.write_bytes(b"")
+    found = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert f"using cached wheel (no rebuild): {wheel}" in found.stdout

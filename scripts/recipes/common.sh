@@ -155,14 +155,15 @@ _smoke_images() {
   mkdir -p "$(dirname "$dir")"
   local tmp
   tmp=$(mktemp -d "$dir.XXXXXX")
-  "$(python_bin)" - "$tmp" <<'EOF'
+  "$(python_bin)" - "$tmp" "$REPO_ROOT" <<'EOF'
 import os, sys
+sys.path.insert(0, sys.argv[2])
 from PIL import Image
-from sklearn.datasets import load_digits
-d = load_digits()
+from input.demo import load_digits
+images, labels = load_digits()
 for i in range(6):
-    img = Image.fromarray((d.images[i] * 255 / 16).astype("uint8")).resize((32, 32)).convert("RGB")
-    img.save(os.path.join(sys.argv[1], f"digit_{i}_label_{d.target[i]}.jpg"), quality=95)
+    img = Image.fromarray((images[i] * 255 / 16).astype("uint8")).resize((32, 32)).convert("RGB")
+    img.save(os.path.join(sys.argv[1], f"digit_{i}_label_{labels[i]}.jpg"), quality=95)
 EOF
   chmod 755 "$tmp"
   mv -T "$tmp" "$dir" 2>/dev/null || rm -rf "$tmp"   # another recipe won the race: use its images
