@@ -9,9 +9,8 @@ import tensorflow as tf
 from tensorflow.python.autograph.impl import api as autograph_api
 
 import efficientnet
-import input as I
 from efficientnet.model import BatchNorm, swish
-from input import mix_batch, testdata
+from input import DataConfig, eval_dataset, mix_batch, open_dataset, testdata, train_dataset
 from input.config import AugmentConfig
 from loops.config import TrainConfig
 from loops.parallel.distribution import Engine
@@ -293,11 +292,11 @@ def test_steps_and_input_pipelines_trace_without_autograph_conversions(tmp_path,
     monkeypatch.setattr(autograph_api, "_convert_actual", recording)
     testdata.labelled_shards(str(tmp_path), "train", [4, 4])
     testdata.labelled_shards(str(tmp_path), "validation", [3])
-    data_cfg = I.DataConfig(data_dir=str(tmp_path), num_classes=8, skip_corrupt=True)
-    info = I.open_dataset(data_cfg)
+    data_cfg = DataConfig(data_dir=str(tmp_path), num_classes=8, skip_corrupt=True)
+    info = open_dataset(data_cfg)
     aug = AugmentConfig(augmenter_name="randaugment", mixup_alpha=0.2, cutmix_alpha=1.0)
-    train = I.train_dataset(info, data_cfg, aug, batch_size=4, image_size=8, seed=0)
-    evaluation = I.eval_dataset(info, data_cfg, batch_size=4, image_size=8)
+    train = train_dataset(info, data_cfg, aug, batch_size=4, image_size=8, seed=0)
+    evaluation = eval_dataset(info, data_cfg, batch_size=4, image_size=8)
     cfg = _cfg(tmp_path, grad_accum_steps=2, weight_decay=1e-5, train_batch_size=2)
     state = _state(cfg, lambda: _small_model(num_classes=8), ema_decay=0.9)
     step = make_train_step(state, cfg, mixup_alpha=0.0, cutmix_alpha=0.0)
