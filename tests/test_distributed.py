@@ -599,4 +599,7 @@ def test_horovod_stalled_rank_gets_the_stall_warning_and_fails_every_rank_at_the
     assert "is stalled for longer than 20 seconds. Will shutdown." in output, output[-3000:]
     assert "Horovod has been shut down" in output
     print(f"horovodrun exited {stalled.seconds:.1f} s after rank 1 stalled")
-    assert 20 <= stalled.seconds < 2.5 * 20 + 45, stalled.seconds  # measured: 61 s at load 8
+    # The stall clock starts only when rank 0 submits step 3, which a loaded machine delays; measured 61 s at load
+    # 8 and 147.6 s beside the README's tests in CI (docs/distributed.md). A bound far below HANG tells a shutdown
+    # by the stall inspector (asserted above) from a hang.
+    assert 20 <= stalled.seconds < 2.5 * 20 + 240, stalled.seconds
