@@ -61,18 +61,21 @@ def evaluate(eval_step, dist_dataset, *, global_batch: int, warmup_batches: int 
                       count=int(totals["count"]), batch_seconds=tuple(times), batch_size=global_batch)
 
 
-def evaluate_weights(engine: Engine, info: data.DatasetInfo, data_cfg: data.DataConfig, eval_step, *,
-                     batch_size: int, image_size: int, preprocess: data.Preprocessing, ema=None) -> dict:
-    """The model's weights (or, given `ema`, its EMA shadows swapped in and back) over the whole eval set;
-    metric names carry the suffix "_ema" for EMA. `batch_size` is per replica."""
-    global_batch = batch_size * engine.num_replicas
+def eval_dataset(engine: Engine, info: data.DatasetInfo, data_cfg: data.DataConfig, *, global_batch: int,
+                 image_size: int, preprocess: data.Preprocessing):
+    """The whole eval set, distributed and padded; each pass over it (raw, then EMA) reads it anew."""
 
     def dataset_fn(ctx):
         ctx = engine.input_context(ctx)
         return data.eval_dataset(info, data_cfg, batch_size=ctx.get_per_replica_batch_size(global_batch),
                                  image_size=image_size, input_context=ctx, preprocess=preprocess)
 
-    dataset = engine.strategy.distribute_datasets_from_function(dataset_fn)
+    return engine.strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def evaluate_weights(engine: Engine, dataset, eval_step, *, global_batch: int, ema=None) -> dict:
+    """The model's weights (or, given `ema`, its EMA shadows swapped in and back) over `dataset`; metric names
+    carry the suffix "_ema" for EMA."""
     if ema is not None:
         ema.swap()
     try:
@@ -86,11 +89,15 @@ def evaluate_weights(engine: Engine, info: data.DatasetInfo, data_cfg: data.Data
 def evaluate_all(engine: Engine, info: data.DatasetInfo, data_cfg: data.DataConfig, eval_step, *,
                  weights: tuple[str, ...], batch_size: int, image_size: int, preprocess: data.Preprocessing,
                  ema=None) -> dict:
-    """Each of `weights` ("raw", "ema") under its own metric names, and, for both, which one was better."""
+    """Each of `weights` ("raw", "ema") under its own metric names, and, for both, which one was better.
+    `batch_size` is per replica. The dataset is built once for both: building its pipeline costs about as much as
+    a pass over a small eval set (docs/performance.md)."""
+    global_batch = batch_size * engine.num_replicas
+    dataset = eval_dataset(engine, info, data_cfg, global_batch=global_batch, image_size=image_size,
+                           preprocess=preprocess)
     metrics = {}
     for which in weights:
-        metrics.update(evaluate_weights(engine, info, data_cfg, eval_step, batch_size=batch_size,
-                                        image_size=image_size, preprocess=preprocess,
+        metrics.update(evaluate_weights(engine, dataset, eval_step, global_batch=global_batch,
                                         ema=ema if which == "ema" else None))
     if len(weights) == 2:
         best = "_ema" if metrics["eval_accuracy_top_1_ema"] > metrics["eval_accuracy_top_1"] else ""

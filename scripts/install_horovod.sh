@@ -56,11 +56,15 @@ CONSTRAINTS=()
 pip() { "$PYTHON" -m pip --disable-pip-version-check "$@"; }
 
 # --- What we are building for -----------------------------------------------------------------------------
+# Read from the installed package's metadata, not by importing it: an import of TensorFlow costs seconds of CPU,
+# and the checks below (horovod_ok) import it anyway where it matters. The headers are tf.sysconfig.get_include().
 tf_info=$("$PYTHON" - <<'EOF' 2>/dev/null
 import os, sys
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import tensorflow as tf
-print(tf.__version__, "cp%d%d" % sys.version_info[:2], tf.sysconfig.get_include())
+from importlib.metadata import packages_distributions, version
+from importlib.util import find_spec
+spec = find_spec("tensorflow")
+print(version(packages_distributions()["tensorflow"][0]), "cp%d%d" % sys.version_info[:2],
+      os.path.join(list(spec.submodule_search_locations)[0], "include"))
 EOF
 ) || tf_info=
 if [ -n "$tf_info" ]; then
@@ -73,7 +77,7 @@ elif [ "$WHEEL_ONLY" = 1 ]; then
   PY_TAG=$("$PYTHON" -c 'import sys; print("cp%d%d" % sys.version_info[:2])') || die "$PYTHON does not run"
   TF_INCLUDE=
 else
-  die "TensorFlow is not importable from $PYTHON; install the requirements first (see README)"
+  die "TensorFlow is not installed in $PYTHON; install the requirements first (see README)"
 fi
 
 # PEP 440 local version label identifying the build: 0.28.1+tf2.21.0 (GPU builds: 0.28.1+tf2.21.0.nccl).

@@ -59,22 +59,28 @@ def run(out, name, engine, per_replica_batch, dtype, optimizer):
                       model_overrides={"dropout_rate": 0.0, "drop_connect_rate": 0.0, "sync_bn": True,
                                        "depth_coefficient": 0.1, "width_coefficient": 0.25})
     summary = loops.training.train(cfg, engine)
-    return summary, restored_weights(out, cfg.model_dir, dtype)
+    return summary, checkpoint_weights(tf.train.latest_checkpoint(cfg.model_dir))
 
 
-def restored_weights(out, model_dir=None, dtype="float64"):
-    """Model weights then EMA shadows from the latest checkpoint, as float64; the initial weights without one."""
-    keras.mixed_precision.set_global_policy(dtype)
-    keras.utils.set_random_seed(0)  # as train() does before building, so no checkpoint = the start point
+def checkpoint_weights(prefix):
+    """{name: value} of the model weights and EMA shadows in a checkpoint, read from its files (both are saved
+    under "ema/": the shadows, and the weights they follow)."""
+    reader = tf.train.load_checkpoint(prefix)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map() if name.startswith("ema/")}
+
+
+def start_weights(out):
+    """The weights every run starts from (train() seeds the same way before building), as a checkpoint reads."""
+    keras.mixed_precision.set_global_policy("float64")
+    keras.utils.set_random_seed(0)
     model = RunSpec.load(f"{out}/one").build_model()
     ema = ExponentialMovingAverage(model, 0.99, tf.distribute.get_strategy())
-    if model_dir:
-        make_checkpoint(model, ema=ema).restore(tf.train.latest_checkpoint(model_dir)).expect_partial()
-    return [np.asarray(w, np.float64) for w in model.get_weights() + [s.numpy() for s in ema.shadows]]
+    return checkpoint_weights(make_checkpoint(model, ema=ema).write(f"{out}/start/ckpt"))
 
 
 def max_abs_diff(a, b):
-    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b))
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)))) for k in a)
 
 
 def compare(out, optimizer):
@@ -82,9 +88,9 @@ def compare(out, optimizer):
     one_summary, one = run(out, "one", one_device, 16, "float64", optimizer)
     two_summary, two = run(out, "two", mirrored_engine(["/cpu:0", "/cpu:1"]), 8, "float64", optimizer)
     _, one32 = run(out, "one32", one_device, 16, "float32", optimizer)
-    start = restored_weights(out)
+    start = start_weights(out)
     print(json.dumps({"optimizer": optimizer, "replicas": [1, 2], "steps": [one_summary["steps"], two_summary["steps"]],
-                      "dtypes": sorted({str(w.dtype) for w in one + two}),
+                      "dtypes": sorted({str(w.dtype) for w in [*one.values(), *two.values()]}),
                       "max_abs_diff": max_abs_diff(one, two), "max_abs_change": max_abs_diff(one, start),
                       "rounding_gap_float32": max_abs_diff(one, one32), "compared": len(one)}), flush=True)
 

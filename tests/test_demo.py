@@ -1,5 +1,5 @@
 """The README's main job: its train.py command, run as written (but for the model_dir), learns the demo set.
-Long (about 3 minutes on 2 cores): its own file, so a test worker runs it while the other runs the other long files."""
+Long (2 minutes on 2 idle cores): its own file, so a test worker runs it while the other runs the other long files."""
 
 import json
 import pathlib

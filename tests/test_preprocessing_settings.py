@@ -107,7 +107,7 @@ def test_demo_flag_file_is_the_readme_command():
     assert "train.py --flagfile flags/demo.cfg --model_dir runs/demo" in readme
     values = _parsed(TrainConfig, "--flagfile", os.path.join(REPO, "flags", "demo.cfg"))
     cfg = cli.build(TrainConfig, values)
-    assert (cfg.train_img_size, cfg.max_epochs, cfg.warmup_epochs) == (32, 12, 1.0)
+    assert (cfg.train_img_size, cfg.max_epochs, cfg.warmup_epochs) == (32, 8, 1.0)
     assert cfg.preprocess == I.Preprocessing(random_crop=True, crop_area_range=(0.5, 1.0), random_flip=False,
                                              eval_crop_fraction=0.875)
     assert cfg.model_overrides == {"bn_momentum": 0.9, "classifier_init": "fan_in"} and cfg.data.data_dir is None
