@@ -340,7 +340,7 @@ def test_smoke_command_runs_and_leaves_its_files(smoke_runs, rel):
 
 
 def test_install_horovod_wheel_only_without_tensorflow_looks_only_in_the_cache(tmp_path):
-    """What .ci/run's build venv relies on: a venv without TensorFlow finds a cached wheel for the pinned
+    """--wheel-only in a venv without TensorFlow (a build machine's cache check): it finds a cached wheel for the pinned
     TensorFlow (exit 0, naming it), and without one fails naming the wheel it looked for."""
     pin = re.search(r"^tensorflow-cpu==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M).group(1)
     tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
