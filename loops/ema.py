@@ -33,8 +33,8 @@ class ExponentialMovingAverage(tf.Module):
         boolean tensor, False when the step skipped its update (fp16 overflow); the shadows then stay as they are."""
         with tf.name_scope("ema"):  # so profiles (loops/bench/profiling.py) can tell its ops apart
             decay = self.decay_at(step)
-            # d and 1 - d once per dtype, not once per weight: the same values, and tracing the update of B0's
-            # 311 weights costs a third less (docs/performance.md).
+            # d and 1 - d once per dtype, not once per weight: the same values, fewer ops to trace in every run's
+            # step (docs/performance.md).
             factors = {}
             for shadow in self.shadows:
                 if shadow.dtype not in factors:

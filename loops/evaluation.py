@@ -90,8 +90,7 @@ def evaluate_all(engine: Engine, info: data.DatasetInfo, data_cfg: data.DataConf
                  weights: tuple[str, ...], batch_size: int, image_size: int, preprocess: data.Preprocessing,
                  ema=None) -> dict:
     """Each of `weights` ("raw", "ema") under its own metric names, and, for both, which one was better.
-    `batch_size` is per replica. The dataset is built once for both: building its pipeline costs about as much as
-    a pass over a small eval set (docs/performance.md)."""
+    `batch_size` is per replica. The dataset is built once for both passes (docs/performance.md)."""
     global_batch = batch_size * engine.num_replicas
     dataset = eval_dataset(engine, info, data_cfg, global_batch=global_batch, image_size=image_size,
                            preprocess=preprocess)
