@@ -61,8 +61,8 @@ def evaluate(eval_step, dist_dataset, *, global_batch: int, warmup_batches: int 
                       count=int(totals["count"]), batch_seconds=tuple(times), batch_size=global_batch)
 
 
-def eval_dataset(engine: Engine, info: data.DatasetInfo, data_cfg: data.DataConfig, *, global_batch: int,
-                 image_size: int, preprocess: data.Preprocessing):
+def distributed_eval_dataset(engine: Engine, info: data.DatasetInfo, data_cfg: data.DataConfig, *,
+                             global_batch: int, image_size: int, preprocess: data.Preprocessing):
     """The whole eval set, distributed and padded; each pass over it (raw, then EMA) reads it anew."""
 
     def dataset_fn(ctx):
@@ -92,8 +92,8 @@ def evaluate_all(engine: Engine, info: data.DatasetInfo, data_cfg: data.DataConf
     """Each of `weights` ("raw", "ema") under its own metric names, and, for both, which one was better.
     `batch_size` is per replica. The dataset is built once for both passes (docs/performance.md)."""
     global_batch = batch_size * engine.num_replicas
-    dataset = eval_dataset(engine, info, data_cfg, global_batch=global_batch, image_size=image_size,
-                           preprocess=preprocess)
+    dataset = distributed_eval_dataset(engine, info, data_cfg, global_batch=global_batch, image_size=image_size,
+                                       preprocess=preprocess)
     metrics = {}
     for which in weights:
         metrics.update(evaluate_weights(engine, dataset, eval_step, global_batch=global_batch,
