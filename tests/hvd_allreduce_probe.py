@@ -1,7 +1,7 @@
 """Run by tests/test_horovod_install.py under `horovodrun -np 2`: one allreduce round trip per rank.
 
-Each rank prints one line `HVD_PROBE {json}` with its rank/size, the reduced tensors and the HOROVOD_*
-environment horovodrun gave it. Not a test module itself (no test_ prefix)."""
+Each rank prints one line `HVD_PROBE {json}` with its rank/size, whether Gloo is built in and in use, the
+reduced tensors and the HOROVOD_* environment horovodrun gave it. Not a test module itself (no test_ prefix)."""
 
 import json
 import os
@@ -27,7 +27,7 @@ def main():
     total, mean, mean_fp16, bcast = (x.numpy().tolist() for x in reduce(local))
     print("HVD_PROBE " + json.dumps({
         "rank": rank, "size": size, "local_rank": hvd.local_rank(), "local_size": hvd.local_size(),
-        "gloo_enabled": hvd.gloo_enabled(), "mpi_enabled": hvd.mpi_enabled(),
+        "gloo_built": hvd.gloo_built(), "gloo_enabled": hvd.gloo_enabled(), "mpi_enabled": hvd.mpi_enabled(),
         "sum": total, "average": mean, "average_fp16": mean_fp16, "broadcast": bcast,
         "env": {k: v for k, v in os.environ.items() if k.startswith("HOROVOD_")},
     }, sort_keys=True), flush=True)

@@ -1,5 +1,9 @@
 """Horovod (optional, installed by scripts/install_horovod.sh) is built with TensorFlow + Gloo and can
-allreduce across two local processes under horovodrun. Skipped when horovod is not installed."""
+allreduce across two local processes under horovodrun. Skipped when horovod is not installed.
+
+What `horovodrun --check-build` lists for this build ([X] TensorFlow, [X] Gloo) is read in the ranks themselves:
+their TensorFlow ops run, and Gloo is built in and in use. The command itself starts a new process that imports
+TensorFlow for each line it prints (about 20 CPU-s, docs/horovod.md), for facts these ranks report anyway."""
 
 import json
 import os
@@ -32,15 +36,6 @@ def _env():
     return env
 
 
-def test_check_build_lists_tensorflow_and_gloo():
-    out = subprocess.run([_horovodrun(), "--check-build"], capture_output=True, text=True, timeout=HANG,
-                         env=_env())
-    assert out.returncode == 0, out.stdout + out.stderr
-    lines = {line.strip() for line in out.stdout.splitlines()}
-    assert "[X] TensorFlow" in lines, out.stdout
-    assert "[X] Gloo" in lines, out.stdout  # listed twice: as controller and as tensor-operations backend
-
-
 def test_two_rank_allreduce_under_horovodrun():
     cmd = [_horovodrun(), "-np", "2", "-H", "localhost:2", "--gloo", "--start-timeout", "60",
            sys.executable, str(PROBE)]
@@ -55,7 +50,7 @@ def test_two_rank_allreduce_under_horovodrun():
     # rank r contributes [r+1, 10(r+1), -1]
     for rank, r in results.items():
         assert r["size"] == 2 and r["local_size"] == 2 and r["local_rank"] == rank
-        assert r["gloo_enabled"] and not r["mpi_enabled"]
+        assert r["gloo_built"] and r["gloo_enabled"] and not r["mpi_enabled"]
         assert r["sum"] == [3.0, 30.0, -2.0]
         assert r["average"] == [1.5, 15.0, -1.0]
         assert r["average_fp16"] == [1.5, 15.0, -1.0]  # exactly representable in float16
