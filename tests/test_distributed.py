@@ -283,16 +283,16 @@ def _interrupted_run(out, start, wait, failure=KILL):
         seconds = 0.0
         try:
             if marker:
-                marker = out / marker
-                if not _wait_for_file(marker, procs, timeout=HANG):
-                    raise AssertionError(f"launch {name} ended before {marker.name} appeared:\n" + "\n".join(
+                written = out / marker
+                if not _wait_for_file(written, procs, timeout=HANG):
+                    raise AssertionError(f"launch {name} ended before {marker} appeared:\n" + "\n".join(
                         log.read_text()[-2000:] for log in sorted((out / name).glob("*.log"))))
                 if action:
-                    os.kill(int(marker.read_text()), action)
+                    os.kill(int(written.read_text()), action)
                 acted = time.time()
                 codes = wait(procs)
                 seconds = time.time() - acted
-                marker.unlink()
+                written.unlink()
             else:
                 codes = wait(procs)
         finally:

@@ -3,7 +3,7 @@ allreduce across two local processes under horovodrun. Skipped when horovod is n
 
 What `horovodrun --check-build` lists for this build ([X] TensorFlow, [X] Gloo) is read in the ranks themselves:
 their TensorFlow ops run, and Gloo is built in and in use. The command itself starts a new process that imports
-TensorFlow for each line it prints (about 20 CPU-s, docs/horovod.md), for facts these ranks report anyway."""
+TensorFlow for each line it prints (its cost: docs/horovod.md), for facts these ranks report anyway."""
 
 import json
 import os
