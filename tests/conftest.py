@@ -3,10 +3,10 @@
 import fcntl
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
+
+import preloaded
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,9 +19,7 @@ def pytest_collection_modifyitems(items):
 
 
 def _run(script, *args, timeout=600):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return preloaded.run([script, *args], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

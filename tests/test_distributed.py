@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import preloaded
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROBE = str(ROOT / "tests" / "distributed_probe.py")
 HOROVODRUN = str(pathlib.Path(sys.executable).with_name("horovodrun"))
@@ -114,8 +115,7 @@ def test_multi_worker_synchronize_keeps_only_the_chiefs_values():
     process (no real peer) with two local replicas, the chief keeps its values exactly, int64 counters
     included (counted once, not once per replica); a non-chief receives the sum of nothing, i.e. zeros, which
     shows that its own values are not contributed."""
-    proc = subprocess.run([sys.executable, "-c", SYNCHRONIZE_SCRIPT], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=HANG)
+    proc = preloaded.run(["-c", SYNCHRONIZE_SCRIPT], env=_env(), timeout=HANG)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.split("SYNC ", 1)[1])
     assert out["0"] == {"weight": [[1.5, -2.25], [3.0, float(np.float32(1e-7))]], "step": 2**40 + 3}
@@ -154,8 +154,7 @@ def _probe_results(output: str):
 def reference(tmp_path_factory):
     """Final variables of the single-process, two-replica twin of a 2-worker run (same global batch 16)."""
     out = tmp_path_factory.mktemp("reference")
-    proc = subprocess.run([sys.executable, PROBE, "reference", str(out)], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=HANG)
+    proc = preloaded.run([PROBE, "reference", out], env=_env(), timeout=HANG)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [result] = _probe_results(proc.stdout)
     assert result["steps"] == 6 and result["eval_examples"] == 359
@@ -198,10 +197,8 @@ def _start_tf_config_workers(logs, *args, script=PROBE):
     procs = []
     for i in range(2):
         tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": i}}
-        with open(logs / f"worker-{i}.log", "w") as log:
-            procs.append(subprocess.Popen([sys.executable, script, *map(str, args)], cwd=ROOT,
-                                          env=_env(TF_CONFIG=json.dumps(tf_config)), stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(preloaded.Process([script, *args], env=_env(TF_CONFIG=json.dumps(tf_config)),
+                                       output=logs / f"worker-{i}.log", new_session=True))
     return procs
 
 
@@ -458,8 +455,7 @@ def test_horovod_run_stopped_on_two_ranks_resumes_on_one_process_on_the_example_
     """Requeued on one process (global batch 16 -> 8): epoch 1 already holds 32 examples, more than the 3 x 8 of
     an epoch at the new shape, so the run goes on with epoch 2 and ends after 2 + 3 steps and 32 + 24 examples."""
     shutil.copytree(horovod_runs[0] / "after-A", tmp_path / "run")
-    proc = subprocess.run([sys.executable, PROBE, "worker", str(tmp_path)], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=HANG)
+    proc = preloaded.run([PROBE, "worker", tmp_path], env=_env(), timeout=HANG)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ("The run shape changed (replicas 2 -> 1, workers 2 -> 1; global batch 16 -> 8): training continues on "
             "the same example clock, with the learning rate of the new global batch; epoch 1 is already complete "

@@ -3,13 +3,12 @@ distributed evaluation counting every example once, and clear errors."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import input as data
+import preloaded
 from input.config import DataConfig
 from loops.checkpoints import RunSpec
 from loops.config import EvalConfig
@@ -113,9 +112,7 @@ print(json.dumps({k: res[k] for k in ("replicas", "eval_examples", "eval_accurac
 @pytest.mark.slow
 def test_evaluation_on_two_replicas_counts_every_example_once(tiny_checkpoint, tmp_path, hand_metrics):
     # 359 examples in global batches of 14: the last batch is padded, and padding must not count.
-    proc = subprocess.run([sys.executable, "-c", _TWO_REPLICAS, tiny_checkpoint, str(tmp_path / "e.json")],
-                          cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True,
-                          timeout=600)
+    proc = preloaded.run(["-c", _TWO_REPLICAS, tiny_checkpoint, tmp_path / "e.json"], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout.strip().splitlines()[-1])
     n, top1, top5, _ = hand_metrics[""]

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import input as I
+import preloaded
 from input import build_tfrecords, testdata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,10 +25,8 @@ def _records(path):
 def test_cli_writes_imagenet_format_in_parallel(tmp_path):
     images, out = tmp_path / "images", tmp_path / "out"
     testdata.make_image_folder(str(images), num_classes=3, train_per_class=4, val_per_class=2)
-    proc = subprocess.run(
-        [sys.executable, "-m", "input.build_tfrecords", f"--image_dir={images}", f"--output_dir={out}",
-         "--num_shards=4", "--num_validation_shards=2", "--num_workers=2"],
-        cwd=REPO, capture_output=True, text=True, timeout=240)
+    proc = preloaded.run(["-m", "input.build_tfrecords", f"--image_dir={images}", f"--output_dir={out}",
+                          "--num_shards=4", "--num_validation_shards=2", "--num_workers=2"], timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "wrote 12 train and 6 validation images, 3 classes" in proc.stdout
     assert "build_tfrecords" in proc.stderr and "18/18" in proc.stderr  # the progress bar reached the end

@@ -1,10 +1,9 @@
 """The datasets under tf.distribute.MirroredStrategy with two CPU replicas (in a fresh process, because
 logical devices must be configured before TensorFlow initializes)."""
 import os
-import subprocess
-import sys
 import textwrap
 
+import preloaded
 from input import testdata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,8 +50,7 @@ def test_mirrored_strategy_two_replicas(tmp_path):
     data = tmp_path / "data"
     testdata.labelled_shards(str(data), "train", [4] * 6)
     testdata.labelled_shards(str(data), "validation", [5, 2, 4], start_label=24)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(data)], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": REPO})
+    proc = preloaded.run(["-c", SCRIPT, data], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # 11 examples, global batch 6 (3 per replica): 2 steps, every example once.
     assert "eval 2 2 True 11" in proc.stdout

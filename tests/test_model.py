@@ -1,7 +1,5 @@
 """The EfficientNet definition against the published architecture facts (../shared/recipe.md)."""
 
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -9,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import efficientnet
+import preloaded
 
 # Tan & Le 2019 / Keras Applications, 1000 classes.
 TRAINABLE_PARAMS = {
@@ -234,8 +233,8 @@ def test_mparams_overrides():
 
 
 def test_summary_command_prints_counts():
-    out = subprocess.run([sys.executable, "-m", "efficientnet", "--variant", "EfficientNet-B4"],
-                         capture_output=True, text=True, check=True).stdout
-    assert "19,341,616" in out and "125,200" in out and "380 px" in out
-    bad = subprocess.run([sys.executable, "-m", "efficientnet", "--variant", "b9"], capture_output=True, text=True)
+    proc = preloaded.run(["-m", "efficientnet", "--variant", "EfficientNet-B4"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "19,341,616" in proc.stdout and "125,200" in proc.stdout and "380 px" in proc.stdout
+    bad = preloaded.run(["-m", "efficientnet", "--variant", "b9"])
     assert bad.returncode != 0 and "variant" in bad.stderr

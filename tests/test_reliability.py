@@ -6,13 +6,13 @@ import pathlib
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import preloaded
 from input import testdata
 from loops.checkpoints import DamagedCheckpoint
 from loops.config import EvalConfig, TrainConfig
@@ -33,8 +33,7 @@ TINY = ["--train_img_size", "32", "--eval_img_size", "32", "--train_batch_size",
 
 def start(model_dir, *extra):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.Popen([sys.executable, "train.py", "--model_dir", str(model_dir), *TINY, *extra], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return preloaded.Process(["train.py", "--model_dir", str(model_dir), *TINY, *extra], env=env)
 
 
 # Bounds for a run that hangs, not waits: a run on a machine shared by a few test sessions starts in minutes.

@@ -10,14 +10,13 @@ loaded by the runs on several replicas and workers and by the error cases they c
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import efficientnet
+import preloaded
 from conftest import TINY_MPARAMS
 from efficientnet import pretrained
 from efficientnet.serving import with_trained_like_statistics
@@ -260,8 +259,8 @@ def every_copy_is_the_files(dump: dict, source: dict, replicas: int):
 @pytest.mark.slow
 def test_mirrored_replicas_and_their_ema_all_start_from_the_file(ten_class_file, tmp_path):
     path, source = ten_class_file
-    proc = subprocess.run([sys.executable, PROBE, "mirrored", str(tmp_path), path], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    proc = preloaded.run([PROBE, "mirrored", tmp_path, path], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                         timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 replicas" in proc.stdout
     with np.load(tmp_path / "vars-mirrored-0.npz") as dump:
@@ -280,9 +279,8 @@ def test_multi_worker_non_chief_gets_the_chiefs_loaded_weights_without_reading_t
     for i, init in enumerate([path, str(tmp_path / "not_on_this_worker.h5")]):
         tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": i}}
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)}
-        procs.append(subprocess.Popen([sys.executable, PROBE, "worker", str(tmp_path), init], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      start_new_session=True))
+        procs.append(preloaded.Process([PROBE, "worker", tmp_path, init], env=env,
+                                       output=tmp_path / f"worker-{i}.log", new_session=True))
     try:
         outputs = [p.communicate(timeout=300)[0] for p in procs]
     finally:
