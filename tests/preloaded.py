@@ -13,6 +13,7 @@ start-up log) run a real `sys.executable`; so do the processes other programs st
 """
 
 import atexit
+import gc
 import io
 import multiprocessing
 import os
@@ -42,6 +43,9 @@ def _exit_code(stop: SystemExit) -> int:
 def _main(args, cwd, env, out_path, err_path, new_session):
     """The child: `python <args>` in cwd with env, fds 1 and 2 on the given files (one file for both when the
     paths are equal), in a session of its own if asked; never returns."""
+    # The imported modules' objects live as long as the child: out of the collector's sight, its full collections
+    # scan only what the child makes (a fresh process scans them all, several times per training).
+    gc.freeze()
     if new_session:
         os.setsid()
     os.environ.clear()
