@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+import preloaded
 from flags import cli
 from loops.serving.config import PredictConfig
 from loops.serving.prediction import predict
@@ -104,9 +105,10 @@ def test_saved_model_cli_classifies_like_predict(exported, tf_top1, tmp_path):
                        for f in sorted(folder.iterdir())])  # the demo's digits are all 32 x 32
     np.save(tmp_path / "images.npy", pixels)
     cli_path = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    proc = subprocess.run([cli_path, "run", "--dir", str(out), "--tag_set", "serve", "--signature_def",
-                           "serving_uint8", "--inputs", f"images={tmp_path / 'images.npy'}", "--outdir",
-                           str(tmp_path / "outputs")], capture_output=True, text=True, timeout=300)
+    # The console script pip wrote, run as a script (it is Python), as its shebang would run it.
+    proc = preloaded.run([cli_path, "run", "--dir", out, "--tag_set", "serve", "--signature_def", "serving_uint8",
+                          "--inputs", f"images={tmp_path / 'images.npy'}", "--outdir", tmp_path / "outputs"],
+                         timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     top = np.load(tmp_path / "outputs" / "top_k_class_ids.npy")[:, 0]
     np.testing.assert_array_equal(top, expected)
