@@ -112,13 +112,10 @@ class Process:
         return self.returncode
 
     def wait(self, timeout=None):
+        """The exit code; once the child has exited, what it wrote is read and its capture files removed."""
         self._child.join(timeout)
         if self.poll() is None:
             raise subprocess.TimeoutExpired(self.args, timeout)
-        return self.returncode
-
-    def communicate(self, timeout=None):
-        self.wait(timeout)
         if self._output is None:
             with open(self._out) as out:
                 self._output = out.read(), None
@@ -126,6 +123,10 @@ class Process:
                 with open(self._err) as err:
                     self._output = self._output[0], err.read()
                 shutil.rmtree(self._files)
+        return self.returncode
+
+    def communicate(self, timeout=None):
+        self.wait(timeout)
         return self._output
 
     def send_signal(self, sig):

@@ -56,6 +56,10 @@ def test_signals_reach_the_child_and_its_exit_code_says_so(tmp_path):
         assert proc.wait(timeout=60) == expected
 
 
-def test_timeout_kills_the_child_and_raises():
+def test_timeout_kills_the_child_and_raises(tmp_path):
+    pid_file = tmp_path / "pid"
+    code = f"import os, pathlib, time; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(60)"
     with pytest.raises(subprocess.TimeoutExpired):
-        preloaded.run(["-c", "import time; time.sleep(60)"], timeout=1)
+        preloaded.run(["-c", code], timeout=5)
+    with pytest.raises(ProcessLookupError):  # gone, not left running (nor a zombie: its parent reaped it)
+        os.kill(int(pid_file.read_text()), 0)
