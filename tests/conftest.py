@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny trained checkpoint (made once per session) and a runner for entry-point scripts."""
 
 import fcntl
+import gc
 import importlib.util
 import os
 
@@ -16,6 +17,12 @@ def pytest_collection_modifyitems(items):
     first and, among equals, in collection order, so collected last it ran alone at the end of CI's long tests
     while the other worker idled."""
     items.sort(key=lambda item: item.path.name != "test_demo.py")  # a stable sort: the rest keep their order
+
+
+def pytest_collection_finish(session):
+    """What collection imported (TensorFlow, Keras, the test modules) stays for the whole run: frozen, it is left
+    out of the collector's full collections, which otherwise scan its millions of objects many times per run."""
+    gc.freeze()
 
 
 def _run(script, *args, timeout=600):
