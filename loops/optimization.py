@@ -59,6 +59,46 @@ def learning_rate_schedule(cfg: TrainConfig, num_replicas: int, steps_per_epoch:
     )
 
 
+def _handle(variable) -> tf.Tensor:
+    """The resource handle of a Keras variable or of the tf.Variable inside it (inside a distribution
+    strategy's update, a distributed variable's handle is the one on the device being updated)."""
+    return getattr(variable, "value", variable).handle
+
+
+# Keras 3 writes each variable's update as separate ops (RMSprop: about ten). TensorFlow has the same updates as
+# one fused kernel per variable, the ones Keras 2's and TF1's optimizers ran, and XLA compiles them. Same slots,
+# same checkpoints, the same arithmetic up to float rounding (the hyperparameters reach the kernel rounded as
+# Keras's ops round them: in float64, a cast of a Python float goes through float32, a constant does not); a step
+# runs one op per variable instead of several, and traces in a fraction of the time (docs/performance.md).
+class RMSprop(keras.optimizers.RMSprop):
+    """Keras's RMSprop; with momentum and uncentered (the recipe), each update is ResourceApplyRMSProp."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.centered or not self.momentum:
+            return super().update_step(gradient, variable, learning_rate)
+        i = self._get_variable_index(variable)
+        dtype = variable.dtype
+        tf.raw_ops.ResourceApplyRMSProp(
+            var=variable.handle, ms=_handle(self._velocities[i]), mom=_handle(self._momentums[i]),
+            lr=tf.cast(learning_rate, dtype), rho=tf.constant(self.rho, dtype),
+            momentum=tf.constant(self.momentum, dtype), epsilon=tf.constant(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype))
+
+
+class SGD(keras.optimizers.SGD):
+    """Keras's SGD; with momentum, each update is ResourceApplyKerasMomentum (Nesterov or not, as Keras's)."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        if not self.momentum:
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=variable.handle, accum=_handle(self.momentums[self._get_variable_index(variable)]),
+            # Cast, as Keras's SGD casts it (RMSprop above uses its floats as they are, as Keras's RMSprop does).
+            lr=tf.cast(learning_rate, dtype), grad=tf.cast(gradient, dtype),
+            momentum=tf.cast(self.momentum, dtype), use_nesterov=self.nesterov)
+
+
 def create_optimizer(cfg: TrainConfig, schedule) -> keras.optimizers.Optimizer:
     """RMSprop as in TF1 (epsilon inside the square root, which Keras 3 also does), SGD or AdamW.
 
@@ -66,9 +106,9 @@ def create_optimizer(cfg: TrainConfig, schedule) -> keras.optimizers.Optimizer:
     except AdamW, whose decoupled decay is the point of choosing it.
     """
     if cfg.optimizer == "rmsprop":
-        opt = keras.optimizers.RMSprop(schedule, rho=cfg.rho, momentum=cfg.momentum, epsilon=cfg.epsilon)
+        opt = RMSprop(schedule, rho=cfg.rho, momentum=cfg.momentum, epsilon=cfg.epsilon)
     elif cfg.optimizer == "sgd":
-        opt = keras.optimizers.SGD(schedule, momentum=cfg.momentum, nesterov=True)
+        opt = SGD(schedule, momentum=cfg.momentum, nesterov=True)
     else:
         opt = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay, beta_1=cfg.beta_1,
                                      beta_2=cfg.beta_2, epsilon=cfg.epsilon)

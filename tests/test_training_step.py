@@ -169,6 +169,42 @@ def test_rmsprop_is_tf_style_with_epsilon_inside_the_root(tmp_path):
     assert float(var.numpy()[0]) == pytest.approx(1.0 - 0.1 * 0.02 / np.sqrt(ms + 1e-3), rel=1e-5)
 
 
+@pytest.mark.parametrize("optimizer,settings,keras_optimizer,fused_op", [
+    ("rmsprop", {}, lambda lr: keras.optimizers.RMSprop(lr, rho=0.9, momentum=0.9, epsilon=1e-3),
+     "ResourceApplyRMSProp"),
+    ("rmsprop", {"momentum": 0.0}, lambda lr: keras.optimizers.RMSprop(lr, rho=0.9, momentum=0.0, epsilon=1e-3),
+     None),
+    ("sgd", {}, lambda lr: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True), "ResourceApplyKerasMomentum"),
+])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_optimizer_updates_are_keras_optimizers_updates_to_float_rounding(tmp_path, optimizer, settings,
+                                                                        keras_optimizer, fused_op, dtype):
+    """Ours runs each weight's update as one fused TensorFlow kernel where it can (docs/performance.md); without
+    momentum it is Keras's own update. Either way ten updates end where Keras's optimizer ends."""
+    cfg = _cfg(tmp_path, optimizer=optimizer, **{"rho": 0.9, "momentum": 0.9, "epsilon": 1e-3, **settings})
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=shape).astype(dtype) for shape in [(3, 3, 4, 8), (8,), (16, 5)]]
+    gradients = [[tf.constant(rng.normal(size=w.shape).astype(dtype)) for w in start] for _ in range(10)]
+    ends, op_types = [], []
+
+    def updater(opt, weights):
+        return tf.function(lambda grads: opt.apply(grads, weights))
+
+    for opt in (create_optimizer(cfg, 0.05), keras_optimizer(0.05)):
+        weights = [keras.Variable(w) for w in start]
+        opt.build(weights)
+        apply = updater(opt, weights)
+        op_types.append({op.type for op in apply.get_concrete_function(gradients[0]).graph.get_operations()})
+        for grads in gradients:
+            apply(grads)
+        ends.append([w.numpy() for w in weights])
+    for ours, theirs, w in zip(*ends, start):
+        assert ours.dtype == dtype and np.abs(ours - w).max() > 0.05  # ten updates moved every weight
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol={"float32": 1e-6, "float64": 1e-14}[dtype])
+    assert (fused_op in op_types[0]) if fused_op else (op_types[0] == op_types[1])
+    assert not any(t.startswith("ResourceApply") for t in op_types[1])
+
+
 def test_weight_decay_covers_depthwise_kernels_but_not_batch_norm():
     # One block per stage at quarter width: every kind of layer B0 has (stem, depthwise, squeeze-excite, batch
     # norm, head) without the cost of building the full network.
