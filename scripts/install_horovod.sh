@@ -73,9 +73,9 @@ else
 fi
 
 # PEP 440 local version label identifying the build: 0.28.1+tf2.21.0 (GPU builds: 0.28.1+tf2.21.0.nccl).
-# "patch2": this script's source and build patches (below); a changed patch set gets a new label, so an old
+# "patch3": this script's source and build patches (below); a changed patch set gets a new label, so an old
 # cached wheel is never reused for it.
-LOCAL_LABEL="tf$(echo "$TF_VERSION" | tr -c 'A-Za-z0-9\n' '.').patch2"
+LOCAL_LABEL="tf$(echo "$TF_VERSION" | tr -c 'A-Za-z0-9\n' '.').patch3"
 if [ -n "${HOROVOD_GPU_OPERATIONS:-}" ]; then
   LOCAL_LABEL="$LOCAL_LABEL.$(echo "$HOROVOD_GPU_OPERATIONS" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9\n' '.')"
 fi
@@ -233,6 +233,11 @@ cat >>"$SRC/CMakeLists.txt" <<'CMAKE'
 if(TARGET gloo)
     set_target_properties(gloo PROPERTIES EXCLUDE_FROM_ALL TRUE)
 endif()
+# Horovod's own sources compiled as a few combined units (CMake's unity build), so the headers they all include
+# are parsed a few times instead of once per file. Gloo's sources do not compile that way (names clash).
+if(TARGET tensorflow)
+    set_target_properties(tensorflow PROPERTIES UNITY_BUILD ON)
+endif()
 CMAKE
 for lang in C CXX; do
   FLAGS_LINE="string(REPLACE \"-O2\" \"-O3\" CMAKE_${lang}_FLAGS_RELWITHDEBINFO \"\${CMAKE_${lang}_FLAGS_RELWITHDEBINFO}\")"
@@ -243,7 +248,7 @@ for lang in C CXX; do
   grep -qF "string(REGEX REPLACE \"(^| )-g( |\$)\" \" \" CMAKE_${lang}_FLAGS_RELWITHDEBINFO" "$SRC/CMakeLists.txt" \
     || die "sed did not drop -g from CMAKE_${lang}_FLAGS_RELWITHDEBINFO in $SRC/CMakeLists.txt"
 done
-log "patched the CMake files: xla_mpi_ops.cc only for GPU builds, the unused C++11 Gloo not built, no debug info"
+log "patched the CMake files: xla_mpi_ops.cc only for GPU builds, the unused C++11 Gloo not built, no debug info, Horovod's sources as a unity build"
 
 export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
        HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_LOCAL_VERSION="$LOCAL_LABEL"
