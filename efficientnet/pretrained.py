@@ -25,9 +25,11 @@ import h5py
 import keras
 import numpy as np
 import tensorflow as tf
+# keras.applications exports EfficientNetB0..B7 only; the builder they call takes any width and depth.
+from keras.src.applications import efficientnet as keras_efficientnet
 
-from efficientnet.params import (IMAGENET_MEAN, IMAGENET_STD, VARIANTS, decode_blocks, params_for,
-                                 round_filters)
+from efficientnet.params import (IMAGENET_MEAN, IMAGENET_STD, VARIANTS, classifier_initializer, decode_blocks,
+                                 params_for, round_filters)
 
 FORMATS = ("ours", "keras_h5", "keras_v3", "tpu", "timm_safetensors")
 WEIGHTS = ("ema", "raw")
@@ -890,11 +892,19 @@ _KERAS_FREE_FIELDS = ("num_classes", "dropout_rate", "drop_connect_rate", "bn_mo
                       "input_mean", "input_std", "classifier_init")
 
 
-def _check_keras_architecture(name: str, params):
-    """Refuses a model keras.applications cannot build (--mparams changed its architecture)."""
-    by_coefficients = [v for v, (w, d, _, _) in VARIANTS.items()
-                       if (w, d) == (params.width_coefficient, params.depth_coefficient)]
-    reference = params_for(by_coefficients[0] if by_coefficients else "b0")
+def standard_variant(params) -> str | None:
+    """The variant ('b0'..'b7') whose width and depth coefficients `params` has, if any."""
+    return next((v for v, (w, d, _, _) in VARIANTS.items()
+                 if (w, d) == (params.width_coefficient, params.depth_coefficient)), None)
+
+
+def check_keras_architecture(name: str, params, *, any_coefficients: bool = False):
+    """Refuses a model keras.applications cannot build (--mparams changed its architecture). Its EfficientNetB<k>
+    exist for the eight variants' width and depth coefficients only; its builder (`any_coefficients`) takes any."""
+    variant = standard_variant(params)
+    reference = params_for(variant or "b0", **({"width_coefficient": params.width_coefficient,
+                                                 "depth_coefficient": params.depth_coefficient}
+                                                if any_coefficients else {}))
     if params.activation not in ("swish", "silu"):
         raise ValueError(f"{name}: activation={params.activation!r}; keras.applications EfficientNet uses swish")
     for field in dataclasses.fields(params):
@@ -904,6 +914,27 @@ def _check_keras_architecture(name: str, params):
         if mine != theirs:
             raise ValueError(f"{name}: {field.name}={mine!r}, but no keras.applications EfficientNet has that "
                              f"(its {field.name} is {theirs!r}): the model cannot be written as its weights file")
+
+
+def keras_applications_model(params, *, input_shape: tuple[int, int, int],
+                             classifier_activation: str | None = None) -> keras.Model:
+    """keras.applications' EfficientNet with `params`' architecture, class count, dropout rates, BatchNorm momentum
+    and classifier initializer, randomly initialised: the baseline our scripts set beside our model. A network
+    shrunk with --mparams width_coefficient/depth_coefficient is built too (by the builder EfficientNetB<k>
+    call), so a comparison on a small network compares the same network on both sides."""
+    check_keras_architecture("keras_applications_model", params, any_coefficients=True)
+    model = keras_efficientnet.EfficientNet(
+        params.width_coefficient, params.depth_coefficient, params.resolution, params.dropout_rate,
+        drop_connect_rate=params.drop_connect_rate, name=f"efficientnet{standard_variant(params) or ''}",
+        weights=None, input_shape=input_shape, classes=params.num_classes,
+        classifier_activation=classifier_activation)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = params.bn_momentum
+    if params.classifier_init != "fan_out":  # Keras's own classifier init is the reference's fan_out
+        kernel = model.get_layer("predictions").kernel
+        kernel.assign(keras.initializers.get(classifier_initializer(params.classifier_init))(kernel.shape))
+    return model
 
 
 def save_keras_weights(model: keras.Model, path: str, *, include_top: bool = True) -> str:
@@ -920,7 +951,7 @@ def save_keras_weights(model: keras.Model, path: str, *, include_top: bool = Tru
     if params is None:
         raise ValueError(f"{model.name} was not built by efficientnet.build_model (no .params): its Keras "
                          "Applications layout is unknown")
-    _check_keras_architecture(model.name, params)
+    check_keras_architecture(model.name, params)
     path = os.fspath(path)
     mean, std = _model_normalization(model)
     by_layer = {}

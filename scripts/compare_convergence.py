@@ -11,7 +11,8 @@ Ours: train.py itself in a subprocess (--data_dir DIR --train_img_size/--eval_im
 summary.json gives the top-1 of the raw and of the EMA weights. Preprocessing is whatever train.py decides or
 is told.
 
-Keras: `keras.applications.EfficientNetB0(weights=None)` on `keras.utils.image_dataset_from_directory` (the
+Keras: Keras Applications' EfficientNet of ours' variant and --mparams width/depth coefficients (by default
+`keras.applications.EfficientNetB0(weights=None)`) on `keras.utils.image_dataset_from_directory` (the
 whole image resized to S, no augmentation). The recipe is read from ours' command line with train.py's own
 flag parser, so both get the same: batch size, epochs, image size, the optimizer (RMSprop rho, momentum,
 epsilon), the learning-rate schedule object train.py builds (lr_init x batch / 128, linear warmup, cosine or
@@ -74,32 +75,32 @@ def train_ours(flags: list[str], model_dir: str) -> dict:
         return {**json.load(f), "seconds": seconds}
 
 
-def keras_model(recipe, num_classes: int):
-    """Keras Applications' EfficientNetB0 (random weights, logits out) with the recipe's model settings that
-    are not its own architecture: BatchNorm momentum and classifier initializer, when --mparams sets them."""
-    import keras
+def keras_params(recipe, num_classes: int | None = None):
+    """The network of ours' recipe (variant and --mparams) for Keras Applications' builder; a ValueError names
+    what Keras cannot build."""
+    from efficientnet.params import params_for
+    from efficientnet.pretrained import check_keras_architecture
 
-    from efficientnet.params import classifier_initializer
+    classes = {"num_classes": num_classes} if num_classes else {}
+    params = params_for(recipe.variant, **recipe.model_overrides, **classes)
+    check_keras_architecture("--mparams", params, any_coefficients=True)
+    return params
 
-    size = (recipe.train_img_size, recipe.train_img_size)
-    model = keras.applications.EfficientNetB0(weights=None, input_shape=(*size, 3), classes=num_classes,
-                                              classifier_activation=None)
-    if "bn_momentum" in recipe.model_overrides:
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = recipe.model_overrides["bn_momentum"]
-    if "classifier_init" in recipe.model_overrides:
-        kernel = model.get_layer("predictions").kernel
-        initializer = keras.initializers.get(classifier_initializer(recipe.model_overrides["classifier_init"]))
-        kernel.assign(initializer(kernel.shape))
-    return model
+
+def keras_name(params) -> str:
+    from efficientnet.pretrained import standard_variant
+
+    variant = standard_variant(params)
+    return (f"EfficientNet{variant.upper()}" if variant else
+            f"EfficientNet (width {params.width_coefficient:g}, depth {params.depth_coefficient:g})")
 
 
 def train_keras(data_dir: str, recipe) -> dict:
-    """Keras Applications' EfficientNetB0 + fit with our recipe; returns the validation top-1 and wall time."""
+    """Keras Applications' EfficientNet + fit with our recipe; returns the validation top-1 and wall time."""
     import keras
     import tensorflow as tf
 
+    from efficientnet.pretrained import keras_applications_model
     from loops.optimization import learning_rate_schedule
 
     keras.utils.set_random_seed(recipe.seed)
@@ -114,7 +115,7 @@ def train_keras(data_dir: str, recipe) -> dict:
     num_train = sum(len(files) for _, _, files in os.walk(folder["train"]))
     steps_per_epoch = num_train // batch
     schedule = learning_rate_schedule(recipe, 1, steps_per_epoch)
-    model = keras_model(recipe, len(train.class_names))
+    model = keras_applications_model(keras_params(recipe, len(train.class_names)), input_shape=(*size, 3))
     model.compile(optimizer=keras.optimizers.RMSprop(schedule, rho=recipe.rho, momentum=recipe.momentum,
                                                      epsilon=recipe.epsilon),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True,
@@ -150,6 +151,10 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         flags = ours_flags(args, args.model_dir or os.path.join(tmp, "ours"), extra)
         recipe = recipe_of(flags)
+        try:  # before either side trains
+            keras_label = f"Keras Applications {keras_name(keras_params(recipe))} + fit"
+        except ValueError as e:
+            p.error(str(e))
         ours = train_ours(flags, recipe.model_dir)
     host_memory.keep_freed_memory()  # Keras's fit, in this process, with the malloc settings train.py runs under
     keras_result = train_keras(args.data_dir, recipe)
@@ -165,7 +170,7 @@ def main(argv=None) -> int:
     print(f"| ours, raw weights | {ours['eval_accuracy_top_1']:.4f} | {ours['seconds']:.0f} |")
     if "eval_accuracy_top_1_ema" in ours:
         print(f"| ours, EMA weights | {ours['eval_accuracy_top_1_ema']:.4f} | |")
-    print(f"| Keras Applications EfficientNetB0 + fit | {keras_result['eval_accuracy_top_1']:.4f} | "
+    print(f"| {keras_label} | {keras_result['eval_accuracy_top_1']:.4f} | "
           f"{keras_result['seconds']:.0f} |")
     return 0
 

@@ -3,7 +3,8 @@ command, on the same synthetic batches, so the ratios hold on whatever machine r
 
     .venv/bin/python scripts/compare_with_keras.py [--variant b0] [--image_size 224] [--batch_size 32]
 
-Baselines: `keras.applications.EfficientNetB0` + `compile` (RMSprop, label-smoothed cross-entropy), timed by
+Baselines: `keras.applications.EfficientNetB0` (or the variant's; with --mparams width/depth coefficients, the
+same network from Keras Applications' builder) + `compile` (RMSprop, label-smoothed cross-entropy), timed by
 calling the train function `fit` runs once per batch, for training; and a `tf.function` call of the same
 Keras model at batch 1 for latency. Ours: the step of train.py's training benchmark (loops/bench/benchmark.py),
 which does more per step than the baseline (the L2 penalty over all conv/dense weights and the EMA update of
@@ -43,6 +44,9 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 import efficientnet  # noqa: E402
+from efficientnet.overrides import parse_overrides  # noqa: E402
+from efficientnet.params import params_for  # noqa: E402
+from efficientnet.pretrained import check_keras_architecture, keras_applications_model  # noqa: E402
 from efficientnet.serving import with_trained_like_statistics  # noqa: E402
 from loops import host_memory  # noqa: E402
 from loops.bench.benchmark import training_steps  # noqa: E402
@@ -62,13 +66,15 @@ WARMUP = flags.DEFINE_integer("warmup_steps", 3, "Untimed steps first (tracing, 
 LATENCY_CALLS = flags.DEFINE_integer("latency_calls", 300, "Timed batch-1 inference calls per candidate.")
 THROUGHPUT_BATCH = flags.DEFINE_integer("throughput_batch_size", 32, "ONNX Runtime throughput batch size.")
 THROUGHPUT_CALLS = flags.DEFINE_integer("throughput_calls", 10, "Timed ONNX Runtime calls at that batch size.")
+MPARAMS = flags.DEFINE_string("mparams", "", "Model overrides for both networks, as train.py's --mparams (e.g. "
+                              "width_coefficient=0.25,depth_coefficient=0.1); only those Keras Applications' "
+                              "builder can follow.")
 
 
-def keras_fit_step(variant, size, batch):
+def keras_fit_step(params, size, batch):
     """Keras's compiled training step, the function Model.fit calls once per batch, on one synthetic batch."""
     keras.utils.set_random_seed(0)
-    build = getattr(keras.applications, f"EfficientNet{variant.upper()}")
-    model = build(weights=None, input_shape=(size, size, 3), classifier_activation=None)
+    model = keras_applications_model(params, input_shape=(size, size, 3))
     model.compile(optimizer=keras.optimizers.RMSprop(0.01, rho=0.9, momentum=0.9, epsilon=1e-3),
                   loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1))
     x = tf.random.uniform((batch, size, size, 3), maxval=255.0)
@@ -78,9 +84,10 @@ def keras_fit_step(variant, size, batch):
     return lambda: model.train_function(iterator)
 
 
-def our_train_step(variant, size, batch, model_dir):
+def our_train_step(variant, overrides, size, batch, model_dir):
     """Our training step as train.py's training benchmark runs it (loss, L2, RMSprop, EMA)."""
-    cfg = TrainConfig(model_dir=model_dir, variant=variant, num_classes=1000, mode="training_benchmark")
+    cfg = TrainConfig(model_dir=model_dir, variant=variant, num_classes=1000, mode="training_benchmark",
+                      model_overrides=overrides)
     engine = Engine(tf.distribute.OneDeviceStrategy("/gpu:0" if tf.config.list_logical_devices("GPU")
                                                     else "/cpu:0"), "one_device")
     _, step = next(training_steps(cfg, engine, "fp32", 1000, (batch,), size))
@@ -123,13 +130,14 @@ def keras_onnxruntime(keras_model, workdir):
     return lambda x: session.run(None, {name: x})[0]
 
 
-def latency_candidates(variant, size, workdir) -> tuple[dict, dict, float]:
+def latency_candidates(variant, overrides, size, workdir) -> tuple[dict, dict, float]:
     """The timed callables and their inputs (batch 1; and ONNX Runtime's at the throughput batch size), and
     the largest difference between the probabilities of our served model and of the unoptimised one."""
     keras.utils.set_random_seed(0)
-    base = with_trained_like_statistics(getattr(keras.applications, f"EfficientNet{variant.upper()}")(
-        weights=None, input_shape=(size, size, 3)), 0)
-    model = with_trained_like_statistics(efficientnet.build_model(variant, 1000), 1)
+    base = with_trained_like_statistics(keras_applications_model(params_for(variant, **overrides),
+                                                                 input_shape=(size, size, 3),
+                                                                 classifier_activation="softmax"), 0)
+    model = with_trained_like_statistics(efficientnet.build_model(variant, 1000, **overrides), 1)
     image = tf.random.uniform((1, size, size, 3), maxval=255.0)
     infer = model_runner(model, size, "tf", batch_size=1)
     unoptimised = tf.function(lambda x: tf.nn.softmax(model(x, training=False), axis=-1))
@@ -160,11 +168,11 @@ def latency_candidates(variant, size, workdir) -> tuple[dict, dict, float]:
     return candidates, batch, max_diff
 
 
-def training_throughputs(variant, size) -> tuple[float, float]:
+def training_throughputs(variant, overrides, size) -> tuple[float, float]:
     """img/s of Keras's fit step and of ours, round-robin (the steps are freed on return)."""
     with tempfile.TemporaryDirectory() as model_dir:
-        keras_step = keras_fit_step(variant, size, BATCH.value)
-        our_step = our_train_step(variant, size, BATCH.value, model_dir)
+        keras_step = keras_fit_step(params_for(variant, **overrides), size, BATCH.value)
+        our_step = our_train_step(variant, overrides, size, BATCH.value, model_dir)
         seconds = round_robin({"keras": (lambda _: keras_step(), None), "ours": (lambda _: our_step(), None)},
                               STEPS.value, WARMUP.value)
     return tuple(BATCH.value * STEPS.value / sum(seconds[k]) for k in ("keras", "ours"))
@@ -172,13 +180,18 @@ def training_throughputs(variant, size) -> tuple[float, float]:
 
 def main(argv):
     del argv
-    host_memory.keep_freed_memory()  # both sides run in this process, as train.py and evaluate.py would
     v, size = VARIANT.value, IMAGE_SIZE.value
+    try:
+        overrides = parse_overrides(MPARAMS.value)
+        check_keras_architecture("--mparams", params_for(v, **overrides), any_coefficients=True)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    host_memory.keep_freed_memory()  # both sides run in this process, as train.py and evaluate.py would
     load_before = os.getloadavg()
-    base_train, our_train = training_throughputs(v, size)
+    base_train, our_train = training_throughputs(v, overrides, size)
     keras.backend.clear_session()
     with tempfile.TemporaryDirectory() as workdir:
-        candidates, batch, max_diff = latency_candidates(v, size, workdir)
+        candidates, batch, max_diff = latency_candidates(v, overrides, size, workdir)
         lat = {name: latency_percentiles(s) for name, s in round_robin(candidates, LATENCY_CALLS.value, 5).items()}
         batch_seconds = round_robin(batch, THROUGHPUT_CALLS.value, 2)
     rows = [("training img/s (higher is better)", base_train, our_train, ">= 1.3")]
@@ -204,7 +217,8 @@ def main(argv):
                          lat["keras_onnxruntime"][f"latency_{pct}pct"], lat["predict"][f"latency_{pct}pct"], ""))
         rows.append((f"batch-{n} img/s, predict.py path (TensorFlow) vs Keras's model in ONNX Runtime (higher is "
                      "better)", img_s["keras_onnxruntime"], img_s["predict"], ""))
-    print(f"\nEfficientNet-{v.upper()} at {size} px, fp32, training batch {BATCH.value}, on "
+    network = f"EfficientNet-{v.upper()}" + (f" with --mparams {MPARAMS.value}" if overrides else "")
+    print(f"\n{network} at {size} px, fp32, training batch {BATCH.value}, on "
           f"{'GPU' if tf.config.list_logical_devices('GPU') else f'CPU ({os.cpu_count()} cores)'}; "
           f"load average {load_before[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end; "
           f"{LATENCY_CALLS.value} latency calls per candidate")

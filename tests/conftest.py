@@ -13,9 +13,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def pytest_collection_modifyitems(items):
-    """The README demo (one test, minutes long) first: xdist hands each worker whole files, those with more tests
-    first and, among equals, in collection order, so collected last it ran alone at the end of CI's long tests
-    while the other worker idled."""
+    """The README demo (one test, minutes long) first: collected last it ran alone at the end of CI's long tests
+    while the other queues had finished."""
     items.sort(key=lambda item: item.path.name != "test_demo.py")  # a stable sort: the rest keep their order
 
 

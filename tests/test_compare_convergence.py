@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import efficientnet
 from conftest import TINY_MPARAMS
+from efficientnet.pretrained import keras_applications_model
 from input import testdata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,24 +35,52 @@ def test_both_trainings_run_on_one_folder_and_print_their_top1(run_script, tmp_p
     # Ours decided its preprocessing from the 28 px images and said so; the extra flag reached train.py.
     assert "ours: input: the training images are small (median shorter side 28 px" in proc.stdout
     assert "--norandom_flip" in proc.stdout and TINY_MPARAMS in proc.stdout
-    rows = dict(re.findall(r"^\| (ours, raw weights|ours, EMA weights|Keras Applications EfficientNetB0 \+ fit) "
+    # The Keras side is the same tiny network: its width and depth come from the --mparams given to ours.
+    keras_row = "Keras Applications EfficientNet (width 0.25, depth 0.1) + fit"
+    rows = dict(re.findall(r"^\| (ours, raw weights|ours, EMA weights|" + re.escape(keras_row) + r") "
                            r"\| ([\d.]+) \|", proc.stdout, re.M))
-    assert set(rows) == {"ours, raw weights", "ours, EMA weights", "Keras Applications EfficientNetB0 + fit"}
+    assert set(rows) == {"ours, raw weights", "ours, EMA weights", keras_row}
     assert all(round(float(v) * 9, 3) == round(float(v) * 9) for v in rows.values())  # k of the 9 validation images
     assert "3 steps each" in proc.stdout  # 24 images // batch 8, one epoch, on both sides
+
+
+def _keras_model(flags, num_classes=10):
+    params = compare_convergence.keras_params(compare_convergence.recipe_of(flags), num_classes)
+    return keras_applications_model(params, input_shape=(32, 32, 3))
 
 
 def test_keras_side_gets_the_recipes_batch_norm_momentum_and_classifier_init(tmp_path):
     flags = ["--model_dir", str(tmp_path), "--train_img_size", "32",
              "--mparams", "bn_momentum=0.9,classifier_init=fan_in"]
-    model = compare_convergence.keras_model(compare_convergence.recipe_of(flags), 10)
+    model = _keras_model(flags)
     momenta = {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
     assert momenta == {0.9}
     kernel = model.get_layer("predictions").kernel.numpy()
     assert kernel.shape == (1280, 10) and 0.99 / np.sqrt(1280) < np.abs(kernel).max() <= 1 / np.sqrt(1280)
     # Without the override Keras keeps its own (the reference's) initializer: ten times wider at 10 classes.
-    default = compare_convergence.keras_model(compare_convergence.recipe_of(flags[:4]), 10)
+    default = _keras_model(flags[:4])
     assert np.abs(default.get_layer("predictions").kernel.numpy()).max() > 0.99 / np.sqrt(10)
+
+
+@pytest.mark.parametrize("flags", [["--arch", "efficientnet-b2"], ["--mparams", TINY_MPARAMS]])
+def test_keras_side_is_ours_variant_and_width_and_depth(tmp_path, flags):
+    keras_side = _keras_model(["--model_dir", str(tmp_path), *flags])
+    recipe = compare_convergence.recipe_of(["--model_dir", str(tmp_path), *flags])
+    ours = efficientnet.build_model(recipe.variant, 10, **recipe.model_overrides)
+    assert ([tuple(w.shape) for w in keras_side.trainable_weights]
+            == [tuple(w.shape) for w in ours.trainable_weights])
+
+
+def test_mparams_keras_cannot_build_fail_in_one_line_before_training(tmp_path, capsys):
+    folder = testdata.make_image_folder(str(tmp_path / "images"), num_classes=2, train_per_class=2,
+                                        val_per_class=1, size=(28, 28))
+    with pytest.raises(SystemExit) as exit_info:
+        compare_convergence.main(["--data_dir", folder, "--model_dir", str(tmp_path / "ours"), "--",
+                                  "--mparams", "se_ratio=0.5"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "se_ratio=0.5" in message and "no keras.applications EfficientNet has that" in message
+    assert not (tmp_path / "ours").exists()
 
 
 def test_dataset_folder_is_a_fixed_split_of_png_files(tmp_path):

@@ -4,14 +4,18 @@ import re
 
 import pytest
 
+from conftest import TINY_MPARAMS
+
 
 @pytest.mark.long
 @pytest.mark.slow
-def test_comparison_table_at_tiny_size(run_script, export_runtimes):
+def test_comparison_table_on_the_tiny_network(run_script, export_runtimes):
+    # Both sides the tests' tiny network (Keras Applications' builder at the same width and depth).
     out = run_script("scripts/compare_with_keras.py", "--image_size", 32, "--batch_size", 4, "--steps", 2,
                      "--warmup_steps", 1, "--latency_calls", 5, "--throughput_batch_size", 4,
-                     "--throughput_calls", 2, timeout=600)
+                     "--throughput_calls", 2, "--mparams", TINY_MPARAMS, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert f"EfficientNet-B0 with --mparams {TINY_MPARAMS} at 32 px" in out.stdout
     rows = re.findall(r"^\| (training img/s|batch-\d+ (?:latency p\d\d ms|img/s), [^|]*?)"
                       r"(?: \(higher is better\))? \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out.stdout, re.M)
     assert [r[0] for r in rows] == [
