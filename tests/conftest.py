@@ -12,10 +12,17 @@ import preloaded
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Files whose tests take minutes, longest first: in a serial run (CI's long tests) they start first, so that the run
+# ends with short tests instead of one of them running alone after the other runs have finished.
+LONGEST_FIRST = ("test_demo.py", "test_training_runs.py")
+
+
 def pytest_collection_modifyitems(items):
-    """The README demo (one test, minutes long) first: collected last it ran alone at the end of CI's long tests
-    while the other queues had finished."""
-    items.sort(key=lambda item: item.path.name != "test_demo.py")  # a stable sort: the rest keep their order
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # a stable sort: the rest keep their order
 
 
 def pytest_collection_finish(session):

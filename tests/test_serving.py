@@ -55,18 +55,25 @@ def test_frozen_function_keeps_the_weights_it_was_made_with():
     np.testing.assert_array_equal(logits(x).numpy(), before)
 
 
-def test_mixed_precision_model_folds_under_its_policy():
+def test_mixed_precision_model_folds_under_its_policy_as_close_to_float32_as_unfolded():
+    keras.utils.set_random_seed(0)  # the weights, and so the logits' scale, do not depend on the tests run before
     try:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
         model = with_trained_like_statistics(efficientnet.build_model("b0", 10))
         x = _real_images(SIZE)
-        expected = model(x, training=False).numpy()
-        logits = serving_function(model, tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32))(x).numpy()
+        unfolded = model(x, training=False).numpy()
+        folded = serving_function(model, tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32))(x).numpy()
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    assert logits.dtype == np.float32
-    # bfloat16 keeps 8 significant bits; folding changes where the rounding happens, not the result.
-    np.testing.assert_allclose(logits, expected, atol=0.1, rtol=0)
+    exact = efficientnet.build_model("b0", 10)
+    exact.set_weights(model.get_weights())
+    exact = exact(x, training=False).numpy()
+    assert folded.dtype == np.float32
+    # bfloat16 keeps 8 significant bits, so both differ from the float32 network by its rounding (about 1% of the
+    # logits' scale here); folding changes where the rounding happens, not how far it takes the result.
+    unfolded_error, folded_error = np.abs(unfolded - exact).max(), np.abs(folded - exact).max()
+    assert 0 < unfolded_error < 0.05 * np.abs(exact).max()
+    assert folded_error <= 2 * unfolded_error
 
 
 def test_grappler_fuses_conv_bias_and_swish_into_one_kernel():
