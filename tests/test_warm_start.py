@@ -4,8 +4,9 @@ kept or replaced, the EMA starting from the loaded weights, a resumed run ignori
 one-line error for each bad file.
 
 The fine-tuning controls do not depend on the network or on the file's format, so the runs that train a step
-start the tests' tiny network from our own checkpoint format; Keras Applications files of the full B0 are
-loaded by the runs on several replicas and workers and by the error cases they concern."""
+start the tests' tiny network from our own checkpoint format, and so do the runs on several replicas and workers
+(which process reads the file and which copies get its values does not depend on the format either); Keras
+Applications files of the full B0 are loaded by the error cases they concern."""
 
 import json
 import os
@@ -242,10 +243,12 @@ PROBE = str(pathlib.Path(__file__).resolve().parent / "warm_start_probe.py")
 
 @pytest.fixture(scope="module")
 def ten_class_file(tmp_path_factory):
-    """A Keras Applications B0 file with the demo set's 10 classes, and its values."""
-    model = with_trained_like_statistics(efficientnet.build_model("b0", 10), seed=22)
-    path = pretrained.save_keras_weights(model, str(tmp_path_factory.mktemp("keras10") / "b0_10.h5"))
-    return path, {w.path: w.numpy() for w in model.weights}
+    """Our checkpoint of the tiny network with the demo set's 10 classes and trained-looking statistics, and its
+    values."""
+    model = with_trained_like_statistics(efficientnet.build_model("b0", 10, **TINY), seed=22)
+    folder = tmp_path_factory.mktemp("tiny10")
+    make_checkpoint(model).save(str(folder / "ckpt"))
+    return str(folder), values(model)
 
 
 def every_copy_is_the_files(dump: dict, source: dict, replicas: int):
@@ -259,8 +262,8 @@ def every_copy_is_the_files(dump: dict, source: dict, replicas: int):
 @pytest.mark.slow
 def test_mirrored_replicas_and_their_ema_all_start_from_the_file(ten_class_file, tmp_path):
     path, source = ten_class_file
-    proc = preloaded.run([PROBE, "mirrored", tmp_path, path], env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-                         timeout=300)
+    proc = preloaded.run([PROBE, "mirrored", tmp_path, path, TINY_MPARAMS],
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 replicas" in proc.stdout
     with np.load(tmp_path / "vars-mirrored-0.npz") as dump:
@@ -276,10 +279,10 @@ def test_multi_worker_non_chief_gets_the_chiefs_loaded_weights_without_reading_t
     path, source = ten_class_file
     ports = _free_ports(2)
     procs = []
-    for i, init in enumerate([path, str(tmp_path / "not_on_this_worker.h5")]):
+    for i, init in enumerate([path, str(tmp_path / "not_on_this_worker")]):
         tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": i}}
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_CONFIG": json.dumps(tf_config)}
-        procs.append(preloaded.Process([PROBE, "worker", tmp_path, init], env=env,
+        procs.append(preloaded.Process([PROBE, "worker", tmp_path, init, TINY_MPARAMS], env=env,
                                        output=tmp_path / f"worker-{i}.log", new_session=True))
     try:
         outputs = [p.communicate(timeout=300)[0] for p in procs]
