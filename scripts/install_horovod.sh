@@ -73,9 +73,9 @@ else
 fi
 
 # PEP 440 local version label identifying the build: 0.28.1+tf2.21.0 (GPU builds: 0.28.1+tf2.21.0.nccl).
-# "patch3": this script's source and build patches (below); a changed patch set gets a new label, so an old
+# "patch4": this script's source and build patches (below); a changed patch set gets a new label, so an old
 # cached wheel is never reused for it.
-LOCAL_LABEL="tf$(echo "$TF_VERSION" | tr -c 'A-Za-z0-9\n' '.').patch3"
+LOCAL_LABEL="tf$(echo "$TF_VERSION" | tr -c 'A-Za-z0-9\n' '.').patch4"
 if [ -n "${HOROVOD_GPU_OPERATIONS:-}" ]; then
   LOCAL_LABEL="$LOCAL_LABEL.$(echo "$HOROVOD_GPU_OPERATIONS" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9\n' '.')"
 fi
@@ -233,10 +233,17 @@ cat >>"$SRC/CMakeLists.txt" <<'CMAKE'
 if(TARGET gloo)
     set_target_properties(gloo PROPERTIES EXCLUDE_FROM_ALL TRUE)
 endif()
-# Horovod's own sources compiled as a few combined units (CMake's unity build), so the headers they all include
-# are parsed a few times instead of once per file. Gloo's sources do not compile that way (names clash).
+# Horovod's own sources and Gloo's compiled as a few combined units (CMake's unity build), so the headers they all
+# include are parsed a few times instead of once per file. Two of Gloo's files keep their own units: their
+# file-local names clash with other files' (allreduce.cc's ReductionFunction, pair.cc's buffer sizes).
 if(TARGET tensorflow)
     set_target_properties(tensorflow PROPERTIES UNITY_BUILD ON)
+endif()
+if(TARGET compatible17_gloo AND CMAKE_VERSION VERSION_GREATER_EQUAL 3.18)
+    set_target_properties(compatible17_gloo PROPERTIES UNITY_BUILD ON)
+    get_target_property(GLOO17_DIR compatible17_gloo SOURCE_DIR)
+    set_source_files_properties("${GLOO17_DIR}/allreduce.cc" "${GLOO17_DIR}/transport/tcp/pair.cc"
+                                TARGET_DIRECTORY compatible17_gloo PROPERTIES SKIP_UNITY_BUILD_INCLUSION ON)
 endif()
 CMAKE
 for lang in C CXX; do
@@ -248,7 +255,7 @@ for lang in C CXX; do
   grep -qF "string(REGEX REPLACE \"(^| )-g( |\$)\" \" \" CMAKE_${lang}_FLAGS_RELWITHDEBINFO" "$SRC/CMakeLists.txt" \
     || die "sed did not drop -g from CMAKE_${lang}_FLAGS_RELWITHDEBINFO in $SRC/CMakeLists.txt"
 done
-log "patched the CMake files: xla_mpi_ops.cc only for GPU builds, the unused C++11 Gloo not built, no debug info, Horovod's sources as a unity build"
+log "patched the CMake files: xla_mpi_ops.cc only for GPU builds, the unused C++11 Gloo not built, no debug info, Horovod's and Gloo's sources as unity builds"
 
 export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
        HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_LOCAL_VERSION="$LOCAL_LABEL"
