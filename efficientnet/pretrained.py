@@ -913,7 +913,8 @@ def check_keras_architecture(name: str, params, *, any_coefficients: bool = Fals
         mine, theirs = getattr(params, field.name), getattr(reference, field.name)
         if mine != theirs:
             raise ValueError(f"{name}: {field.name}={mine!r}, but no keras.applications EfficientNet has that "
-                             f"(its {field.name} is {theirs!r}): the model cannot be written as its weights file")
+                             f"(its {field.name} is {theirs!r}): it can neither build this model nor read its "
+                             "weights")
 
 
 def keras_applications_model(params, *, input_shape: tuple[int, int, int],
