@@ -130,12 +130,11 @@ def keras_onnxruntime(keras_model, workdir):
     return lambda x: session.run(None, {name: x})[0]
 
 
-def latency_candidates(variant, overrides, size, workdir) -> tuple[dict, dict, float]:
+def latency_candidates(variant, overrides, params, size, workdir) -> tuple[dict, dict, float]:
     """The timed callables and their inputs (batch 1; and ONNX Runtime's at the throughput batch size), and
     the largest difference between the probabilities of our served model and of the unoptimised one."""
     keras.utils.set_random_seed(0)
-    base = with_trained_like_statistics(keras_applications_model(params_for(variant, **overrides),
-                                                                 input_shape=(size, size, 3),
+    base = with_trained_like_statistics(keras_applications_model(params, input_shape=(size, size, 3),
                                                                  classifier_activation="softmax"), 0)
     model = with_trained_like_statistics(efficientnet.build_model(variant, 1000, **overrides), 1)
     image = tf.random.uniform((1, size, size, 3), maxval=255.0)
@@ -168,10 +167,10 @@ def latency_candidates(variant, overrides, size, workdir) -> tuple[dict, dict, f
     return candidates, batch, max_diff
 
 
-def training_throughputs(variant, overrides, size) -> tuple[float, float]:
+def training_throughputs(variant, overrides, params, size) -> tuple[float, float]:
     """img/s of Keras's fit step and of ours, round-robin (the steps are freed on return)."""
     with tempfile.TemporaryDirectory() as model_dir:
-        keras_step = keras_fit_step(params_for(variant, **overrides), size, BATCH.value)
+        keras_step = keras_fit_step(params, size, BATCH.value)
         our_step = our_train_step(variant, overrides, size, BATCH.value, model_dir)
         seconds = round_robin({"keras": (lambda _: keras_step(), None), "ours": (lambda _: our_step(), None)},
                               STEPS.value, WARMUP.value)
@@ -183,15 +182,18 @@ def main(argv):
     v, size = VARIANT.value, IMAGE_SIZE.value
     try:
         overrides = parse_overrides(MPARAMS.value)
-        check_keras_architecture("--mparams", params_for(v, **overrides), any_coefficients=True)
+        if "num_classes" in overrides:
+            raise ValueError("--mparams num_classes: both networks have ImageNet's 1000 classes here")
+        params = params_for(v, **overrides)  # the network of both sides, as Keras Applications builds it
+        check_keras_architecture("--mparams", params, any_coefficients=True)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     host_memory.keep_freed_memory()  # both sides run in this process, as train.py and evaluate.py would
     load_before = os.getloadavg()
-    base_train, our_train = training_throughputs(v, overrides, size)
+    base_train, our_train = training_throughputs(v, overrides, params, size)
     keras.backend.clear_session()
     with tempfile.TemporaryDirectory() as workdir:
-        candidates, batch, max_diff = latency_candidates(v, overrides, size, workdir)
+        candidates, batch, max_diff = latency_candidates(v, overrides, params, size, workdir)
         lat = {name: latency_percentiles(s) for name, s in round_robin(candidates, LATENCY_CALLS.value, 5).items()}
         batch_seconds = round_robin(batch, THROUGHPUT_CALLS.value, 2)
     rows = [("training img/s (higher is better)", base_train, our_train, ">= 1.3")]

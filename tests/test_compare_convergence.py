@@ -71,6 +71,20 @@ def test_keras_side_is_ours_variant_and_width_and_depth(tmp_path, flags):
             == [tuple(w.shape) for w in ours.trainable_weights])
 
 
+def test_default_keras_side_is_keras_applications_efficientnetb0_itself(tmp_path):
+    """The measured comparisons (docs/small_images.md) used keras.applications.EfficientNetB0: the builder gives the
+    same network with the same initial weights under the same seed."""
+    keras.utils.set_random_seed(0)
+    built = _keras_model(["--model_dir", str(tmp_path)])
+    keras.utils.set_random_seed(0)
+    applications = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3), classes=10,
+                                                     classifier_activation=None)
+    assert built.name == applications.name == "efficientnetb0"
+    assert len(built.weights) == len(applications.weights) > 300
+    for ours, theirs in zip(built.weights, applications.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy(), err_msg=ours.path)
+
+
 def test_mparams_keras_cannot_build_fail_in_one_line_before_training(tmp_path, capsys):
     folder = testdata.make_image_folder(str(tmp_path / "images"), num_classes=2, train_per_class=2,
                                         val_per_class=1, size=(28, 28))
