@@ -108,7 +108,10 @@ def hold_worker_one(after: int, out: pathlib.Path, marker: str, until_stopped: b
             metrics = step(iterator)
             calls[0] += 1
             if calls[0] == after:
-                (out / f"{marker}-1").write_text(str(os.getpid()))
+                # Written aside and renamed: the test reads the pid as soon as the name appears.
+                aside = out / f".{marker}-1"
+                aside.write_text(str(os.getpid()))
+                aside.rename(out / f"{marker}-1")
                 if until_stopped:
                     assert signalled.wait(300), "no stop signal arrived"
                 else:
