@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 from typing import Callable
 
@@ -31,6 +32,27 @@ from loops.safety import CheckpointWriteError, ModelDirLock, NonFiniteLoss, Pree
 from loops.steps import TrainState, make_eval_step, make_train_step
 
 
+class IteratorRelease:
+    """Drops finished epochs' input iterators on threads of their own. Destroying a tf.data iterator waits, idle,
+    for its autotuning thread's next wake-up, which TensorFlow 2.21 does not bring forward; that thread's period
+    doubles while the iterator lives, so on a short epoch the main thread would stall the next epoch by seconds
+    (docs/input_pipeline.md)."""
+
+    def __init__(self):
+        self._threads: list[threading.Thread] = []
+
+    def drop(self, holder: list):
+        """Empties `holder` (the iterator's only reference) on a new thread."""
+        thread = threading.Thread(target=holder.clear, name="input-iterator-release")
+        thread.start()
+        self._threads.append(thread)
+
+    def join(self):
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+
+
 @dataclasses.dataclass
 class Run:
     """Everything a run builds once, before its first step."""
@@ -46,6 +68,7 @@ class Run:
     reporter: Reporter
     lock: ModelDirLock | None
     best: checkpoints.BestCheckpoints
+    iterator_release: IteratorRelease = dataclasses.field(default_factory=IteratorRelease)
 
     @property
     def progress(self) -> Progress:
@@ -196,6 +219,7 @@ def train(cfg: TrainConfig, engine: Engine) -> dict:
         with StopRequest() as stop:
             return _run(run, stop)
     finally:
+        run.iterator_release.join()
         run.reporter.close()
         run.saver.close()
         if run.lock:
@@ -332,15 +356,16 @@ def _train_epoch(run: Run, train_step, stage: staging.Stage, epoch: int, agreeme
     clock = _Clock(run.shape.global_batch, first_position=first + 1)
     log = _Log(run, epoch, bar, clock)
     actions = [_stop_when_requested(run, agreement), _non_finite_check(run, epoch), _step_checkpoints(run), log]
-    iterator = iter(_train_dataset(run, stage, epoch, skip_examples=position_in_examples,
-                                   steps=run.steps_per_epoch - first))
+    iterator = [iter(_train_dataset(run, stage, epoch, skip_examples=position_in_examples,
+                                    steps=run.steps_per_epoch - first))]
     for position in range(first + 1, run.steps_per_epoch + 1):
-        metrics = train_step(iterator)
+        metrics = train_step(iterator[0])
         if position == first + 1:
             clock.start(metrics)
         tick = Tick(position, first_step + position - first, position == run.steps_per_epoch, metrics)
         for action in actions:
             action(tick)
+    run.iterator_release.drop(iterator)
     run.reporter.record("epoch", int(run.state.optimizer.iterations.numpy()),
                         {"epoch": epoch + 1, "stage": stage.index + 1, "image_size": stage.image_size, **log.last})
     return clock.images(run.steps_per_epoch), clock.seconds(), log.last

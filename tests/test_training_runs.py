@@ -6,6 +6,8 @@ import os
 import pathlib
 import re
 import shutil
+import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from input.config import AugmentConfig
 from loops.config import TrainConfig
 from loops.parallel.distribution import Engine
 from loops.stages import plan_stages, stage_of_epoch
-from loops.training import train
+from loops.training import IteratorRelease, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -44,6 +46,21 @@ def checkpoint_values(model_dir):
 def log_records(model_dir, kind):
     lines = (pathlib.Path(model_dir) / "log.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_dropped_input_iterator_is_destroyed_off_the_main_thread_and_join_waits_for_it():
+    """An epoch's finished tf.data iterator (autotuned, as the train pipeline is) is destroyed on a thread of
+    its own, so the next epoch does not wait for it; join() returns once it is gone."""
+    dataset = tf.data.Dataset.range(64).map(lambda x: x * 2, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE)
+    holder = [iter(dataset)]
+    assert [int(next(holder[0])) for _ in range(3)] == [0, 2, 4]
+    destroyed_on = []
+    weakref.finalize(holder[0], lambda: destroyed_on.append(threading.current_thread().name))
+    release = IteratorRelease()
+    release.drop(holder)
+    release.join()
+    assert holder == [] and destroyed_on == ["input-iterator-release"]
 
 
 def test_stage_plan_follows_the_reference_formula():
