@@ -356,16 +356,17 @@ def _train_epoch(run: Run, train_step, stage: staging.Stage, epoch: int, agreeme
     clock = _Clock(run.shape.global_batch, first_position=first + 1)
     log = _Log(run, epoch, bar, clock)
     actions = [_stop_when_requested(run, agreement), _non_finite_check(run, epoch), _step_checkpoints(run), log]
-    iterator = [iter(_train_dataset(run, stage, epoch, skip_examples=position_in_examples,
-                                    steps=run.steps_per_epoch - first))]
+    # A list the release can empty: the iterator's only reference, so it is destroyed where the release drops it.
+    iterator_holder = [iter(_train_dataset(run, stage, epoch, skip_examples=position_in_examples,
+                                           steps=run.steps_per_epoch - first))]
     for position in range(first + 1, run.steps_per_epoch + 1):
-        metrics = train_step(iterator[0])
+        metrics = train_step(iterator_holder[0])
         if position == first + 1:
             clock.start(metrics)
         tick = Tick(position, first_step + position - first, position == run.steps_per_epoch, metrics)
         for action in actions:
             action(tick)
-    run.iterator_release.drop(iterator)
+    run.iterator_release.drop(iterator_holder)
     run.reporter.record("epoch", int(run.state.optimizer.iterations.numpy()),
                         {"epoch": epoch + 1, "stage": stage.index + 1, "image_size": stage.image_size, **log.last})
     return clock.images(run.steps_per_epoch), clock.seconds(), log.last
