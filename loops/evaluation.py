@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 import input as data
+from loops.iterators import IteratorRelease
 from loops.parallel.engine import Engine
 
 PERCENTILES = (50, 90, 95, 99)
@@ -45,10 +46,13 @@ def latency_percentiles(seconds) -> dict:
     return out
 
 
-def evaluate(eval_step, dist_dataset, *, global_batch: int, warmup_batches: int = 2) -> EvalResult:
+def evaluate(eval_step, dist_dataset, *, global_batch: int, iterator_release: IteratorRelease,
+             warmup_batches: int = 2) -> EvalResult:
+    """One pass over dist_dataset; its iterator is handed to iterator_release at the end."""
     totals = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
     times = []
-    for i, batch in enumerate(dist_dataset):
+    iterator_holder = [iter(dist_dataset)]
+    for i, batch in enumerate(iterator_holder[0]):
         start = time.perf_counter()
         sums = eval_step(batch)
         sums = {k: float(v) for k, v in sums.items()}  # waits for the device
@@ -56,6 +60,7 @@ def evaluate(eval_step, dist_dataset, *, global_batch: int, warmup_batches: int 
             times.append(time.perf_counter() - start)
         for key in totals:
             totals[key] += sums[key]
+    iterator_release.drop(iterator_holder)
     n = max(totals["count"], 1.0)
     return EvalResult(loss=totals["loss"] / n, top1=totals["top1"] / n, top5=totals["top5"] / n,
                       count=int(totals["count"]), batch_seconds=tuple(times), batch_size=global_batch)
@@ -73,13 +78,14 @@ def distributed_eval_dataset(engine: Engine, info: data.DatasetInfo, data_cfg: d
     return engine.strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def evaluate_weights(engine: Engine, dataset, eval_step, *, global_batch: int, ema=None) -> dict:
+def evaluate_weights(engine: Engine, dataset, eval_step, *, global_batch: int, iterator_release: IteratorRelease,
+                     ema=None) -> dict:
     """The model's weights (or, given `ema`, its EMA shadows swapped in and back) over `dataset`; metric names
     carry the suffix "_ema" for EMA."""
     if ema is not None:
         ema.swap()
     try:
-        result = evaluate(eval_step, dataset, global_batch=global_batch)
+        result = evaluate(eval_step, dataset, global_batch=global_batch, iterator_release=iterator_release)
     finally:
         if ema is not None:
             ema.swap()
@@ -88,16 +94,17 @@ def evaluate_weights(engine: Engine, dataset, eval_step, *, global_batch: int, e
 
 def evaluate_all(engine: Engine, info: data.DatasetInfo, data_cfg: data.DataConfig, eval_step, *,
                  weights: tuple[str, ...], batch_size: int, image_size: int, preprocess: data.Preprocessing,
-                 ema=None) -> dict:
+                 iterator_release: IteratorRelease, ema=None) -> dict:
     """Each of `weights` ("raw", "ema") under its own metric names, and, for both, which one was better.
-    `batch_size` is per replica. The dataset is built once for both passes (docs/performance.md)."""
+    `batch_size` is per replica. The dataset is built once for both passes (docs/performance.md); each pass's
+    iterator goes to iterator_release (its caller joins it)."""
     global_batch = batch_size * engine.num_replicas
     dataset = distributed_eval_dataset(engine, info, data_cfg, global_batch=global_batch, image_size=image_size,
                                        preprocess=preprocess)
     metrics = {}
     for which in weights:
         metrics.update(evaluate_weights(engine, dataset, eval_step, global_batch=global_batch,
-                                        ema=ema if which == "ema" else None))
+                                        iterator_release=iterator_release, ema=ema if which == "ema" else None))
     if len(weights) == 2:
         best = "_ema" if metrics["eval_accuracy_top_1_ema"] > metrics["eval_accuracy_top_1"] else ""
         metrics["best_weights"] = "ema" if best else "raw"

@@ -11,6 +11,7 @@ import tensorflow as tf
 import input as data
 from loops.config import EvalConfig, weights_to_evaluate
 from loops.evaluation import evaluate_all
+from loops.iterators import IteratorRelease
 from loops.parallel.engine import Engine
 from loops.precision import set_precision
 from loops.restore import restore
@@ -46,9 +47,14 @@ def evaluate_checkpoint(cfg: EvalConfig, engine: Engine) -> dict:
     if info.num_classes > spec.num_classes:
         raise ValueError(f"{info.description} has {info.num_classes} classes but the checkpoint's model has "
                          f"{spec.num_classes} outputs; is --data_dir the dataset it was trained on?")
-    metrics = evaluate_all(engine, info, cfg.data, make_eval_step(restored.model, engine),
-                           weights=weights_to_evaluate(weights), batch_size=cfg.eval_batch_size,
-                           image_size=image_size, ema=restored.ema, preprocess=preprocessing)
+    iterator_release = IteratorRelease()
+    try:
+        metrics = evaluate_all(engine, info, cfg.data, make_eval_step(restored.model, engine),
+                               weights=weights_to_evaluate(weights), batch_size=cfg.eval_batch_size,
+                               image_size=image_size, ema=restored.ema, preprocess=preprocessing,
+                               iterator_release=iterator_release)
+    finally:
+        iterator_release.join()
     results = {"checkpoint": restored.checkpoint_path, "model": f"efficientnet-{spec.variant}",
                "data": info.description, "weights": weights, "eval_img_size": image_size,
                "eval_crop_fraction": preprocessing.eval_fraction(image_size),

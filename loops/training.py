@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import threading
 import time
 from typing import Callable
 
@@ -23,6 +22,7 @@ from loops.advice import slowdown_warnings
 from loops.config import TrainConfig
 from loops.ema import ExponentialMovingAverage
 from loops.evaluation import evaluate_all
+from loops.iterators import IteratorRelease
 from loops.optimization import create_optimizer, global_batch_size, learning_rate_schedule
 from loops.parallel.engine import Engine
 from loops.precision import set_precision
@@ -30,27 +30,6 @@ from loops.progress import Progress, RunShape
 from loops.reporting import Reporter, table
 from loops.safety import CheckpointWriteError, ModelDirLock, NonFiniteLoss, Preempted, StopRequest
 from loops.steps import TrainState, make_eval_step, make_train_step
-
-
-class IteratorRelease:
-    """Drops finished epochs' input iterators on threads of their own. Destroying a tf.data iterator waits, idle,
-    for its autotuning thread's next wake-up, which TensorFlow 2.21 does not bring forward; that thread's period
-    doubles while the iterator lives, so on a short epoch the main thread would stall the next epoch by seconds
-    (docs/input_pipeline.md)."""
-
-    def __init__(self):
-        self._threads: list[threading.Thread] = []
-
-    def drop(self, holder: list):
-        """Empties `holder` (the iterator's only reference) on a new thread."""
-        thread = threading.Thread(target=holder.clear, name="input-iterator-release")
-        thread.start()
-        self._threads.append(thread)
-
-    def join(self):
-        for thread in self._threads:
-            thread.join()
-        self._threads.clear()
 
 
 @dataclasses.dataclass
@@ -356,7 +335,6 @@ def _train_epoch(run: Run, train_step, stage: staging.Stage, epoch: int, agreeme
     clock = _Clock(run.shape.global_batch, first_position=first + 1)
     log = _Log(run, epoch, bar, clock)
     actions = [_stop_when_requested(run, agreement), _non_finite_check(run, epoch), _step_checkpoints(run), log]
-    # A list the release can empty: the iterator's only reference, so it is destroyed where the release drops it.
     iterator_holder = [iter(_train_dataset(run, stage, epoch, skip_examples=position_in_examples,
                                            steps=run.steps_per_epoch - first))]
     for position in range(first + 1, run.steps_per_epoch + 1):
@@ -466,7 +444,7 @@ def _evaluate(run: Run, eval_step) -> dict:
     cfg = run.cfg
     return evaluate_all(run.engine, run.info, cfg.data, eval_step, weights=cfg.weights_to_evaluate,
                         batch_size=cfg.eval_batch_size, image_size=cfg.eval_img_size, ema=run.state.ema,
-                        preprocess=run.spec.preprocessing)
+                        preprocess=run.spec.preprocessing, iterator_release=run.iterator_release)
 
 
 def _finish(run: Run, summary: dict) -> dict:

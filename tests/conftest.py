@@ -47,6 +47,14 @@ def run_script():
 TINY_MPARAMS = "depth_coefficient=0.1,width_coefficient=0.25"
 
 
+def ratio_fits_its_rounded_figures(ratio: float, numerator: float, denominator: float, half: float) -> bool:
+    """Whether a printed ratio (rounded to 0.01) is the quotient of two figures a table printed rounded to +-half:
+    it lies within what the rounded figures allow. Small figures (a tiny network's 0.2 ms) make that interval
+    wide, so no fixed relative slack fits."""
+    return ((numerator - half) / (denominator + half) - 0.005 <= ratio
+            <= (numerator + half) / max(denominator - half, 1e-9) + 0.005)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """model_dir of a 3-step run (batch 16) of the tiny network (TINY_MPARAMS) on the embedded demo set (10 digit

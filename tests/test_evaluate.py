@@ -3,16 +3,20 @@ distributed evaluation counting every example once, and clear errors."""
 
 import json
 import os
+import threading
+import weakref
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import input as data
 import preloaded
 from input.config import DataConfig
 from loops.checkpoints import RunSpec
 from loops.config import EvalConfig
-from loops.evaluation import EvalResult, latency_percentiles
+from loops.evaluation import EvalResult, evaluate, latency_percentiles
+from loops.iterators import IteratorRelease
 from loops.offline_evaluation import METRICS, evaluate_checkpoint, results_table
 from loops.parallel.distribution import create_engine
 from loops.restore import restore
@@ -39,6 +43,29 @@ def test_eval_result_metrics_use_the_reference_names():
     assert m["avg_time_per_exp_eval_ema"] == pytest.approx(25.0)  # ms per example
     assert m["latency_90pct_ema"] == pytest.approx(370.0)
     assert set(METRICS) <= {k[:-4] for k in m}
+
+
+def test_each_evaluation_pass_counts_its_batches_and_its_iterator_is_destroyed_off_the_calling_thread():
+    destroyed_on = []
+
+    class Recording(IteratorRelease):
+        def drop(self, holder):
+            weakref.finalize(holder[0], lambda: destroyed_on.append(threading.current_thread().name))
+            super().drop(holder)
+
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    masks = tf.data.Dataset.from_tensor_slices([1.0] * 10 + [0.0] * 2).batch(4)  # 10 examples, padded to 12
+    dataset = strategy.experimental_distribute_dataset(masks.map(lambda m: (m,), num_parallel_calls=tf.data.AUTOTUNE))
+
+    def eval_step(batch):
+        count = tf.reduce_sum(batch[0])
+        return {"loss": count, "top1": count / 2, "top5": count, "count": count}
+
+    release = Recording()
+    results = [evaluate(eval_step, dataset, global_batch=4, iterator_release=release) for _ in range(2)]
+    release.join()
+    assert [(r.count, r.top1, r.loss) for r in results] == [(10, 0.5, 1.0)] * 2
+    assert destroyed_on == ["input-iterator-release"] * 2
 
 
 def _hand_metrics(model, info, image_size, preprocess):

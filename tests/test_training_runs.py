@@ -17,7 +17,8 @@ from input.config import AugmentConfig
 from loops.config import TrainConfig
 from loops.parallel.distribution import Engine
 from loops.stages import plan_stages, stage_of_epoch
-from loops.training import IteratorRelease, train
+from loops.iterators import IteratorRelease
+from loops.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
